@@ -1,0 +1,82 @@
+"""The operators' JSON API under `/admin`, behind `Authorization: Bearer $ADMIN_TOKEN`.
+
+With no `ADMIN_TOKEN` configured the whole mount answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from handlers import data_response, error_response, services
+from service import replay
+from service.crypto import constant_time_equals
+from service.logging import get_logger
+from service.store import dead_letters
+
+log = get_logger(__name__)
+
+
+class AdminGate:
+    """Checks the bearer token before any admin route runs."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}" if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.expected is None:
+            response: Response = error_response(404, "NOT_FOUND", "Not Found")
+        else:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if constant_time_equals(given, self.expected.encode()):
+                await self.app(scope, receive, send)
+                return
+            log.warning("admin.unauthorized", path=scope["path"])
+            response = error_response(
+                401,
+                "UNAUTHORIZED",
+                "a valid admin bearer token is required",
+                **{"www-authenticate": "Bearer"},
+            )
+        await response(scope, receive, send)
+
+
+async def list_dead_letters(request: Request) -> Response:
+    pending_only = request.query_params.get("pending") in ("1", "true")
+    try:
+        limit = min(int(request.query_params.get("limit", "100")), 1000)
+    except ValueError:
+        return error_response(400, "INVALID_QUERY", "limit must be a whole number")
+    found = await dead_letters.list_all(
+        services(request).db, limit=limit, pending_only=pending_only
+    )
+    return data_response([d.as_json() for d in found])
+
+
+async def replay_dead_letter(request: Request) -> Response:
+    try:
+        dead_letter_id = int(request.path_params["id"])
+    except ValueError:
+        return error_response(404, "NOT_FOUND", "no such dead letter")
+    svc = services(request)
+    try:
+        await replay.replay_one(svc.db, svc.queue, dead_letter_id)
+    except replay.UnknownDeadLetter:
+        return error_response(404, "NOT_FOUND", f"no dead letter {dead_letter_id}")
+    return JSONResponse({"id": dead_letter_id, "status": "enqueued"}, status_code=202)
+
+
+def admin_app(token: str | None) -> ASGIApp:
+    router = Router(
+        routes=[
+            Route("/dead-letters", list_dead_letters, methods=["GET"]),
+            Route("/dead-letters/{id}/replay", replay_dead_letter, methods=["POST"]),
+        ]
+    )
+    return AdminGate(router, token)

@@ -1,0 +1,76 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from handlers import services
+from service.logging import get_logger
+from service.metrics import CONTENT_TYPE
+from service.store import migrate
+
+log = get_logger(__name__)
+
+CHECK_TIMEOUT = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    """The process is up and its event loop answers; nothing else is checked."""
+    return JSONResponse({"status": "ok"})
+
+
+async def _check_database(request: Request) -> None:
+    svc = services(request)
+    await svc.db.ping(CHECK_TIMEOUT)
+    if request.app.state.schema_at_head:
+        return
+    async with asyncio.timeout(CHECK_TIMEOUT):
+        current = await migrate.current_revision(svc.db)
+    head = migrate.head_revision()
+    if current != head:
+        raise RuntimeError(f"schema at {current}, code expects {head}: run `pdbridge migrate`")
+    request.app.state.schema_at_head = True
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the database (migrated to head) and Redis both answer; 503 names what fails."""
+    svc = services(request)
+    names = ("database", "redis")
+    results = await asyncio.gather(
+        _check_database(request), svc.queue.ping(CHECK_TIMEOUT), return_exceptions=True
+    )
+    checks = {
+        name: "ok" if result is None else f"{type(result).__name__}: {result}"
+        for name, result in zip(names, results, strict=True)
+    }
+    failing = [name for name, state in checks.items() if state != "ok"]
+    if failing:
+        log.warning("readyz.failing", failing=failing, checks=checks)
+        return JSONResponse(
+            {"status": "unavailable", "failing": failing, "checks": checks}, status_code=503
+        )
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text; queue figures are read from Redis now, and left out if it is down."""
+    svc = services(request)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            svc.metrics.queue.depth = await svc.queue.depth()
+            svc.metrics.queue.outcomes = await svc.queue.job_outcomes()
+    except Exception as error:  # noqa: BLE001 -- a scrape must answer even when Redis is down
+        svc.metrics.queue.depth = None
+        log.warning("metrics.queue_unavailable", error=str(error))
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

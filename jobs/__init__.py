@@ -1,0 +1,1 @@
+"""arq job functions, thin: load, call the service layer, let `service.queue` decide retries."""

@@ -1,0 +1,60 @@
+"""The worker process: which jobs it runs and the shared objects each job gets in `ctx`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jobs import maintenance
+from service import queue
+from service.config import Settings
+from service.context import Services
+from service.crypto import Crypto
+from service.logging import get_logger
+from service.store import Database
+
+log = get_logger(__name__)
+
+#: Every job the workers run; enqueue them by these function names.
+FUNCTIONS: list[queue.RegisteredJob] = []
+
+
+async def startup(ctx: queue.JobContext) -> None:
+    settings: Settings = ctx["settings"]
+    services = Services(
+        settings=settings,
+        db=Database(settings.database_url),
+        queue=queue.Queue(ctx["redis"]),
+        crypto=Crypto(settings.secret_keys),
+    )
+    ctx["services"] = services
+    ctx["db"] = services.db
+    log.info("worker.started", functions=[f.name for f in FUNCTIONS])
+
+
+async def shutdown(ctx: queue.JobContext) -> None:
+    services: Services | None = ctx.get("services")
+    if services is not None:
+        await services.db.dispose()
+    log.info("worker.stopped")
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    extra_functions: Sequence[queue.RegisteredJob] = (),
+    handle_signals: bool = True,
+) -> queue.WorkerProcess:
+    """The arq worker for these settings; tests pass `burst=True` and their own functions."""
+    if settings.redis_url is None:
+        raise RuntimeError("REDIS_URL is unset: `pdbridge run` starts an embedded Redis")
+    return queue.create_worker(
+        redis_url=settings.redis_url,
+        functions=[*FUNCTIONS, *extra_functions],
+        cron_jobs=[queue.cron_job(maintenance.prune_dead_letters, minute={17}, hour={3})],
+        on_startup=startup,
+        on_shutdown=shutdown,
+        burst=burst,
+        handle_signals=handle_signals,
+        ctx={"settings": settings},
+    )

@@ -1,0 +1,70 @@
+"""The Starlette application: route table, middleware and the process's shared services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+
+from handlers import admin, error_response, health
+from service.config import Settings
+from service.context import Services
+from service.logging import get_logger
+from service.metrics import Metrics
+from service.middleware import RequestContext
+
+log = get_logger(__name__)
+
+#: Webhook and API bodies are small; anything larger is refused before it is read.
+DEFAULT_BODY_LIMIT = 1024 * 1024
+#: Routes that accept more, by path prefix (first match wins).
+BODY_LIMITS: tuple[tuple[str, int], ...] = ()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    """Build the app; given `services` (as tests do) it uses them and does not close them."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = services is None
+        app.state.services = (
+            await Services.start(settings, metrics=metrics) if services is None else services
+        )
+        app.state.schema_at_head = False
+        log.info("web.started", public_base_url=settings.base_url)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.services.close()
+            log.info("web.stopped")
+
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    metrics = services.metrics if services is not None else Metrics()
+    app = Starlette(
+        routes=[*health.routes, Mount("/admin", app=admin.admin_app(token))],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
+    if services is not None:
+        app.state.services = services  # usable without running the lifespan (in-process tests)
+        app.state.schema_at_head = False
+    app.user_middleware.insert(
+        0,
+        Middleware(
+            RequestContext, metrics=metrics, default_limit=DEFAULT_BODY_LIMIT, limits=BODY_LIMITS
+        ),
+    )
+    return app

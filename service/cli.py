@@ -1,0 +1,209 @@
+"""The `pdbridge` command: run, web, worker, migrate and the operators' shell tools.
+
+`run` is a small supervisor: it migrates, starts an embedded Redis when `REDIS_URL` is unset, runs
+`web` and `worker` as child processes, and on SIGINT/SIGTERM (or when a child dies) stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from service.config import VAR_DIR, ConfigError, Settings, exit_on_config_error, load_settings
+from service.logging import configure_logging, get_logger
+
+log = get_logger("pdbridge.cli")
+
+#: How long `run` waits for its children after asking them to stop (the worker finishes jobs).
+STOP_GRACE_SECONDS = 25.0
+
+
+def _migrate(settings: Settings) -> None:
+    from service.store import Database
+    from service.store.migrate import current_revision, upgrade
+
+    async def go() -> None:
+        db = Database(settings.database_url)
+        try:
+            await upgrade(db)
+            log.info("migrate.done", revision=await current_revision(db))
+        finally:
+            await db.dispose()
+
+    asyncio.run(go())
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    _migrate(settings)
+    return 0
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from jobs.worker import build_worker
+
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    build_worker(settings).run()
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from service.embedded_redis import EmbeddedRedis
+
+    settings.secret_keys  # noqa: B018 -- generate ./var/secret.key once, before the children read it
+    _migrate(settings)
+    env = dict(os.environ)
+    redis: EmbeddedRedis | None = None
+    if settings.redis_url is None:
+        redis = EmbeddedRedis(VAR_DIR / "redis")
+        env["REDIS_URL"] = redis.start()
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    exit_code = 0
+    try:
+        for role in ("web", "worker"):
+            children[role] = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
+                [sys.executable, "-m", "service", role], env=env
+            )
+            log.info("run.child_started", role=role, pid=children[role].pid)
+        while not stopping:
+            dead = {role: c.returncode for role, c in children.items() if c.poll() is not None}
+            if dead:
+                log.error("run.child_exited", exited=dead)
+                exit_code = 1
+                break
+            time.sleep(0.2)
+        else:
+            log.info("run.stopping", signal=signal.Signals(stopping[0]).name)
+    finally:
+        _stop_children(children)
+        if redis is not None:
+            redis.stop()
+    return exit_code
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for role, child in children.items():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("run.child_killed", role=role, pid=child.pid)
+            child.kill()
+            child.wait()
+
+
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from service import replay
+    from service.queue import Queue
+    from service.store import Database, dead_letters
+
+    async def go() -> int:
+        db = Database(settings.database_url)
+        try:
+            if args.action == "list":
+                found = await dead_letters.list_all(db, limit=args.limit)
+                _print_json([d.as_json() for d in found])
+                return 0
+            if settings.redis_url is None:
+                raise ConfigError("REDIS_URL: replay needs the Redis the workers use")
+            queue = await Queue.connect(settings.redis_url)
+            try:
+                if args.all:
+                    _print_json({"replayed": await replay.replay_pending(db, queue)})
+                    return 0
+                if args.id is None:
+                    sys.stderr.write("pdbridge: give a dead letter ID or --all\n")
+                    return 2
+                try:
+                    await replay.replay_one(db, queue, args.id)
+                except replay.UnknownDeadLetter:
+                    sys.stderr.write(f"pdbridge: no dead letter {args.id}\n")
+                    return 1
+                _print_json({"id": args.id, "status": "enqueued"})
+                return 0
+            finally:
+                await queue.close()
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="pdbridge", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[Command, str]] = {
+        "run": (cmd_run, "migrate, then run web + one worker (+ embedded Redis if needed)"),
+        "web": (cmd_web, "the HTTP service only"),
+        "worker": (cmd_worker, "one queue worker only"),
+        "migrate": (cmd_migrate, "apply database migrations and exit"),
+    }
+    for name, (function, help_text) in commands.items():
+        sub.add_parser(name, help=help_text).set_defaults(func=function)
+    letters = sub.add_parser("dead-letters", help="inspect and replay failed work")
+    letters.set_defaults(func=cmd_dead_letters)
+    actions = letters.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="print dead letters as JSON, newest first")
+    listing.add_argument("--limit", type=int, default=100)
+    replaying = actions.add_parser("replay", help="enqueue a dead letter (or --all) again")
+    replaying.add_argument("id", type=int, nargs="?")
+    replaying.add_argument("--all", action="store_true", help="every dead letter not yet replayed")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings)
+        code: int = args.func(settings, args)
+    except ConfigError as error:
+        exit_on_config_error(error)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,155 @@
+"""Settings from the environment and `.env`: one typed, validated object.
+
+Every variable of interface.md lives here, so a bad value is refused once, at start, with a
+message that names the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VAR_DIR = Path("var")
+SECRET_KEY_FILE = VAR_DIR / "secret.key"
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """The service's whole configuration; field names are the env variables in lower case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    host: str = "0.0.0.0"  # noqa: S104 -- a web service behind a PaaS router must listen on all interfaces
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: str | None = None
+    database_url: str = "sqlite:///./var/pdbridge.db"
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    pipedrive_client_id: str | None = None
+    pipedrive_client_secret: SecretStr | None = None
+    pipedrive_oauth_url: str = "https://oauth.pipedrive.com"
+    pipedrive_api_url: str | None = None
+    pipedrive_api_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
+    twilio_api_url: str = "https://api.twilio.com"
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "public_base_url",
+        "pipedrive_oauth_url",
+        "pipedrive_api_url",
+        "telegram_api_url",
+        "whatsapp_graph_url",
+        "twilio_api_url",
+    )
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://...")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be redis://host:port/db")
+        return value
+
+    @field_validator("secret_key", "admin_token", "pipedrive_api_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and any(
+            len(k.strip()) < MIN_SECRET_LENGTH for k in value.get_secret_value().split(",")
+        ):
+            raise ValueError(f"every key must have {MIN_SECRET_LENGTH} or more characters")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """The public URL providers and Pipedrive reach us at."""
+        return self.public_base_url or f"http://localhost:{self.port}"
+
+    @cached_property
+    def secret_keys(self) -> list[str]:
+        """The encryption keys, newest first; read or generated into ./var when unset."""
+        if self.secret_key is not None:
+            return [k.strip() for k in self.secret_key.get_secret_value().split(",") if k.strip()]
+        return [ensure_secret_key_file()]
+
+    @property
+    def single_company(self) -> bool:
+        """With a personal API token the service runs for one company, without OAuth."""
+        return self.pipedrive_api_token is not None
+
+
+def ensure_secret_key_file(path: Path = SECRET_KEY_FILE) -> str:
+    """Read the generated key, creating it once (atomically, mode 0600) when absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if len(key) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"SECRET_KEY: {path} holds a key shorter than 32 characters"
+            ) from None
+        return key
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def load_settings() -> Settings:
+    """Build the settings, turning pydantic's report into a one-line `ConfigError`."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        value = first.get("input")
+        shown = "" if "secret" in name.lower() or "token" in name.lower() else f" (got {value!r})"
+        raise ConfigError(f"{name}: {first['msg']}{shown}") from None
+
+
+def exit_on_config_error(error: ConfigError) -> None:
+    """Print the one-line error operators act on, and exit 2 like a usage error."""
+    sys.stderr.write(f"pdbridge: invalid configuration: {error}\n")
+    raise SystemExit(2)

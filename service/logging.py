@@ -1,0 +1,95 @@
+"""structlog setup: one renderer for our events and for the libraries' stdlib logs.
+
+Context (`request_id`, `job_id`, `company_id`, ...) is bound through contextvars, so every event
+emitted while serving a request or running a job carries it without passing loggers around.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor
+
+from service.config import Settings
+
+#: Keys whose values never reach a log line, wherever they appear in an event.
+REDACTED_KEYS = frozenset(
+    {
+        "access_token",
+        "refresh_token",
+        "authorization",
+        "password",
+        "secret",
+        "token",
+        "bot_token",
+        "auth_token",
+        "app_secret",
+        "client_secret",
+        "api_token",
+    }
+)
+
+
+def redact(_: Any, __: str, event: EventDict) -> EventDict:
+    """Replace secret-looking values so a careless `log.info(..., token=...)` leaks nothing."""
+    for key in event.keys() & REDACTED_KEYS:
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route structlog and stdlib logging through the same processors and renderer."""
+    fmt = settings.log_format or ("console" if sys.stderr.isatty() else "json")
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    # Our middleware logs each request with its request_id; uvicorn's access log would repeat it.
+    logging.getLogger("uvicorn.access").disabled = True
+    # Alembic announces its context on every migration check; only its warnings matter here.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    for name in ("uvicorn", "uvicorn.error", "arq"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A named structlog logger (typed, for mypy)."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger
