@@ -40,6 +40,17 @@ def redact(_: Any, __: str, event: EventDict) -> EventDict:
     return event
 
 
+def shared_processors() -> list[Processor]:
+    """What every event goes through, ours and the libraries': context, level, time, redaction."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+
+
 def configure_logging(settings: Settings) -> None:
     """Route structlog and stdlib logging through the same processors and renderer."""
     fmt = settings.log_format or ("console" if sys.stderr.isatty() else "json")
@@ -48,13 +59,7 @@ def configure_logging(settings: Settings) -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
-    ]
+    shared = shared_processors()
     structlog.configure(
         processors=[
             *shared,

@@ -18,10 +18,12 @@ from typing import Any, cast
 import msgpack
 import structlog
 from arq import Retry
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
 from arq.cron import CronJob, cron
+from arq.jobs import SerializationError
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.worker import Function, Worker, func
+from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -92,8 +94,19 @@ class Queue:
 
     @classmethod
     async def connect(cls, url: str) -> Queue:
-        redis = await create_pool(
-            redis_settings(url),
+        """A client for `url` that connects on first use, so a process can start (and report
+        "not ready") while Redis is away; each command retries a blip with backoff."""
+        pool = ConnectionPool.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry_on_timeout=True,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+            health_check_interval=30,
+        )
+        redis = ArqRedis(
+            pool,
             job_serializer=serialize,
             job_deserializer=deserialize,
             default_queue_name=redis_keys.QUEUE_DEFAULT,
@@ -113,13 +126,18 @@ class Queue:
         The key makes a second enqueue of the same work a no-op while arq keeps the job or its
         result; durable dedupe across longer spans belongs to the store (inbound delivery keys).
         """
-        job = await self.redis.enqueue_job(
-            function,
-            payload,
-            _job_id=key,
-            _defer_by=defer_by,
-            _expires=JOB_EXPIRES,
-        )
+        try:
+            job = await self.redis.enqueue_job(
+                function,
+                payload,
+                _job_id=key,
+                _defer_by=defer_by,
+                _expires=JOB_EXPIRES,
+            )
+        except SerializationError as error:
+            raise TypeError(
+                f"job {function!r} payload is not plain data: {error.__cause__}"
+            ) from None
         return job is not None
 
     async def depth(self) -> int:
@@ -141,7 +159,7 @@ class Queue:
             await self.redis.ping()
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
 
 async def _count(ctx: JobContext, function: str, outcome: str) -> None:

@@ -1,0 +1,120 @@
+"""The `pdbridge` command as operators run it: real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import psutil
+import pytest
+
+from service.embedded_redis import free_port
+
+pytestmark = pytest.mark.slow
+
+PDBRIDGE = [sys.executable, "-m", "service"]
+
+
+def env_with(**values: str) -> dict[str, str]:
+    """The test process's environment minus every pdbridge variable, plus `values`."""
+    from service.config import Settings
+
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env.update(values)
+    return env
+
+
+def wait_ready(
+    port: int, process: subprocess.Popen[bytes], timeout: float = 60.0
+) -> httpx2.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "pdbridge run exited before it was ready"
+        try:
+            response = httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0)
+            if response.status_code == 200:
+                return response
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("pdbridge run did not become ready")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_run_starts_everything_and_stops_cleanly(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """`pdbridge run` with no configuration serves /readyz; a signal leaves no process behind."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*PDBRIDGE, "run"],
+        cwd=tmp_path,
+        env=env_with(PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        ready = wait_ready(port, process)
+        assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+        children = psutil.Process(process.pid).children(recursive=True)
+        commands = [" ".join(c.cmdline()) for c in children]
+        assert any("service web" in c for c in commands)
+        assert any("service worker" in c for c in commands)
+        assert any("redis-server" in c for c in commands)
+        assert (tmp_path / "var" / "pdbridge.db").exists()
+        assert (tmp_path / "var" / "secret.key").exists()
+
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=40) == 0
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == [], f"left running: {alive}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_bad_configuration_stops_run_with_exit_2(tmp_path: Path) -> None:
+    """PORT=abc stops `pdbridge run` before it starts anything: one line, naming PORT, exit 2."""
+    result = subprocess.run(
+        [*PDBRIDGE, "run"], cwd=tmp_path, env=env_with(PORT="abc"), capture_output=True, timeout=30
+    )
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("pdbridge: invalid configuration: PORT:")
+    assert not (tmp_path / "var").exists()
+
+
+def test_migrate_then_dead_letters_list(tmp_path: Path) -> None:
+    """`pdbridge migrate` creates the schema; `dead-letters list` then prints an empty JSON list."""
+    env = env_with(LOG_FORMAT="json")
+    migrated = subprocess.run([*PDBRIDGE, "migrate"], cwd=tmp_path, env=env, capture_output=True)
+    assert migrated.returncode == 0, migrated.stderr
+    events = [json.loads(line) for line in migrated.stderr.decode().splitlines()]
+    assert any(e["event"] == "migrate.done" for e in events)
+    listed = subprocess.run(
+        [*PDBRIDGE, "dead-letters", "list"], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+
+
+def test_replay_needs_an_id_or_all(tmp_path: Path) -> None:
+    """`dead-letters replay` without an id or --all is a usage error."""
+    env = env_with(REDIS_URL="redis://127.0.0.1:1/0")
+    subprocess.run([*PDBRIDGE, "migrate"], cwd=tmp_path, env=env, capture_output=True, check=True)
+    result = subprocess.run(
+        [*PDBRIDGE, "dead-letters", "replay"], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert result.returncode == 2
+    assert b"give a dead letter ID or --all" in result.stderr
