@@ -1,0 +1,1 @@
+"""Benchmarks: run with `make bench`; each prints figures and a ratio against a baseline."""
