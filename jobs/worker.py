@@ -8,7 +8,6 @@ from jobs import maintenance
 from service import queue
 from service.config import Settings
 from service.context import Services
-from service.crypto import Crypto
 from service.logging import get_logger
 from service.store import Database
 
@@ -20,11 +19,11 @@ FUNCTIONS: list[queue.RegisteredJob] = []
 
 async def startup(ctx: queue.JobContext) -> None:
     settings: Settings = ctx["settings"]
-    services = Services(
-        settings=settings,
+    services = Services.create(
+        settings,
         db=Database(settings.database_url),
         queue=queue.Queue(ctx["redis"]),
-        crypto=Crypto(settings.secret_keys),
+        owns_queue=False,
     )
     ctx["services"] = services
     ctx["db"] = services.db
@@ -34,7 +33,7 @@ async def startup(ctx: queue.JobContext) -> None:
 async def shutdown(ctx: queue.JobContext) -> None:
     services: Services | None = ctx.get("services")
     if services is not None:
-        await services.db.dispose()
+        await services.close()
     log.info("worker.stopped")
 
 

@@ -4,37 +4,72 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import httpx2
+
 from service.config import Settings
 from service.crypto import Crypto
 from service.metrics import Metrics
+from service.pipedrive.client import PipedriveClient, http_client
+from service.pipedrive.oauth import OAuthClient
+from service.pipedrive.ratelimit import RateLimiter
+from service.pipedrive.tokens import TokenManager
 from service.queue import Queue
 from service.store import Database
 
 
 @dataclass(slots=True)
 class Services:
-    """What a request handler or a job needs from the process: config, state, queue, keys."""
+    """What a request handler or a job needs from the process: config, state, queue, clients."""
 
     settings: Settings
     db: Database
     queue: Queue
     crypto: Crypto
+    http: httpx2.AsyncClient
+    oauth: OAuthClient
+    pipedrive: PipedriveClient
     metrics: Metrics = field(default_factory=Metrics)
+    owns_queue: bool = True
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        db: Database,
+        queue: Queue,
+        metrics: Metrics | None = None,
+        owns_queue: bool = True,
+    ) -> Services:
+        """Wire the clients around a database and a queue (the worker passes arq's own Redis)."""
+        crypto = Crypto(settings.secret_keys)
+        http = http_client()
+        oauth = OAuthClient(settings, http)
+        tokens = TokenManager(db, queue.redis, crypto, oauth)
+        pipedrive = PipedriveClient(settings, db, http, tokens, RateLimiter(queue.redis))
+        return cls(
+            settings=settings,
+            db=db,
+            queue=queue,
+            crypto=crypto,
+            http=http,
+            oauth=oauth,
+            pipedrive=pipedrive,
+            metrics=metrics or Metrics(),
+            owns_queue=owns_queue,
+        )
 
     @classmethod
     async def start(cls, settings: Settings, *, metrics: Metrics | None = None) -> Services:
         if settings.redis_url is None:
             raise RuntimeError("REDIS_URL is unset: `pdbridge run` starts an embedded Redis")
-        db = Database(settings.database_url)
         queue = await Queue.connect(settings.redis_url)
-        return cls(
-            settings=settings,
-            db=db,
-            queue=queue,
-            crypto=Crypto(settings.secret_keys),
-            metrics=metrics or Metrics(),
+        return cls.create(
+            settings, db=Database(settings.database_url), queue=queue, metrics=metrics
         )
 
     async def close(self) -> None:
-        await self.queue.close()
+        await self.http.aclose()
+        if self.owns_queue:
+            await self.queue.close()
         await self.db.dispose()

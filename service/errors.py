@@ -2,6 +2,7 @@
 
     PdbridgeError
     ├── TransientError      retry later (optionally after `retry_after` seconds)
+    │   └── Parked          wait `retry_after` seconds without spending a try (budgets, blocks)
     └── PermanentError      retrying cannot help: dead-letter at once
 
 Provider and Pipedrive errors subclass these two, so the queue needs no knowledge of either.
@@ -26,6 +27,11 @@ class TransientError(PdbridgeError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Parked(TransientError):
+    """The work cannot run before `retry_after` seconds for a reason outside it (a spent daily
+    budget); the queue re-enqueues it for then instead of counting a failed try."""
 
 
 class PermanentError(PdbridgeError):

@@ -8,3 +8,12 @@ queue names below are sorted sets in that scheme.
 QUEUE_DEFAULT = "pdbridge:queue"
 #: Counters of job outcomes, a hash `{function}:{outcome}` -> count, read by /metrics.
 JOB_OUTCOMES = "pdbridge:metrics:job-outcomes"
+#: Per-token rate limiter: `{prefix}{key}:log` (sorted set of sends) and `{prefix}{key}:state`
+#: (hash: limit, blocked_until, parked_until, all in milliseconds of Redis time).
+RATE_LIMIT = "pdbridge:ratelimit:"
+#: Single-flight token refresh, one lock per installation.
+REFRESH_LOCK = "pdbridge:lock:refresh:"
+#: One authorization-code exchange at a time per code (double-submitted callbacks).
+CODE_LOCK = "pdbridge:lock:oauth-code:"
+#: Set while a daily-budget probe is scheduled for an installation, so only one is.
+BUDGET_PROBE = "pdbridge:budget-probe:"

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 
 from service.config import Settings
 from service.context import Services
-from service.crypto import Crypto
 from service.embedded_redis import EmbeddedRedis
 from service.queue import Queue
 from service.store import Database
@@ -156,10 +155,11 @@ def settings(database_url: str, redis_url: str) -> Settings:
 @pytest.fixture
 async def services(settings: Settings, db: Database) -> AsyncIterator[Services]:
     queue = await Queue.connect(settings.redis_url or "")
-    svc = Services(settings=settings, db=db, queue=queue, crypto=Crypto([TEST_SECRET]))
+    svc = Services.create(settings, db=db, queue=queue)
     try:
         yield svc
     finally:
+        await svc.http.aclose()
         await queue.close()
 
 

@@ -64,3 +64,96 @@ dead_letters = sa.Table(
     sa.Column("replay_count", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_dead_letters_created_at", "created_at"),
 )
+
+#: One row per (company, user) that installed the app, or the implicit single-company one.
+#: Tokens and the webhook password are encrypted (service.crypto); never stored in clear.
+installations = sa.Table(
+    "installations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("company_id", sa.BigInteger, nullable=False),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("auth_kind", sa.String(20), nullable=False),
+    sa.Column("api_domain", sa.String(255), nullable=False),
+    sa.Column("company_domain", sa.String(255), nullable=True),
+    sa.Column("scopes", sa.Text, nullable=False, server_default=""),
+    sa.Column("access_token", sa.Text, nullable=True),
+    sa.Column("refresh_token", sa.Text, nullable=True),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("status_reason", sa.Text, nullable=True),
+    sa.Column("webhook_user", sa.String(64), nullable=True),
+    sa.Column("webhook_password", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("company_id", "user_id", name="uq_installations_company_user"),
+    sa.UniqueConstraint("webhook_user", name="uq_installations_webhook_user"),
+)
+
+#: Authorization codes already exchanged, so a repeated callback finds its installation
+#: instead of burning a second exchange (codes are single use). Only a hash is kept.
+oauth_codes = sa.Table(
+    "oauth_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "installation_id",
+        sa.Integer,
+        sa.ForeignKey("installations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+#: The app webhooks we created in Pipedrive for an installation (reconciled periodically).
+pipedrive_webhooks = sa.Table(
+    "pipedrive_webhooks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "installation_id",
+        sa.Integer,
+        sa.ForeignKey("installations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("pipedrive_webhook_id", sa.BigInteger, nullable=False),
+    sa.Column("event_action", sa.String(20), nullable=False),
+    sa.Column("event_object", sa.String(40), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint(
+        "installation_id", "event_action", "event_object", name="uq_pipedrive_webhooks_event"
+    ),
+)
+
+#: Every inbound delivery (Pipedrive or provider webhook), recorded before it is acknowledged;
+#: the unique key is what makes a redelivery harmless.
+inbound_deliveries = sa.Table(
+    "inbound_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(20), nullable=False),
+    sa.Column("dedupe_key", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("job", sa.String(100), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("source", "dedupe_key", name="uq_inbound_deliveries_key"),
+    sa.Index("ix_inbound_deliveries_status_received", "status", "received_at"),
+)
+
+#: The bridge's references to Pipedrive persons (a chat participant is linked to a person);
+#: kept in step when Pipedrive merges persons.
+person_links = sa.Table(
+    "person_links",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("company_id", sa.BigInteger, nullable=False),
+    sa.Column("person_id", sa.BigInteger, nullable=False),
+    sa.Column("ref_kind", sa.String(40), nullable=False),
+    sa.Column("ref_id", sa.String(200), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("company_id", "ref_kind", "ref_id", name="uq_person_links_ref"),
+    sa.Index("ix_person_links_company_person", "company_id", "person_id"),
+)

@@ -27,14 +27,14 @@ def client_for(services: Services) -> httpx2.AsyncClient:
 
 async def test_admin_is_absent_without_a_token(services: Services) -> None:
     """With ADMIN_TOKEN unset the whole /admin mount answers 404, even with a header."""
-    no_admin = Services(
-        settings=make_settings(database_url=services.settings.database_url, admin_token=None),
+    no_admin = Services.create(
+        make_settings(database_url=services.settings.database_url, admin_token=None),
         db=services.db,
         queue=services.queue,
-        crypto=services.crypto,
     )
     async with client_for(no_admin) as client:
         response = await client.get("/admin/dead-letters", headers={"Authorization": "Bearer "})
+    await no_admin.http.aclose()
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NOT_FOUND"
 

@@ -43,13 +43,12 @@ async def test_readyz_when_everything_answers(services: Services) -> None:
 async def test_readyz_names_redis_when_it_is_down(services: Services) -> None:
     """A Redis that does not answer makes /readyz 503 with `redis` named as failing."""
     dead = await Queue.connect(f"redis://127.0.0.1:{free_port()}/0")
-    broken = Services(
-        settings=services.settings, db=services.db, queue=dead, crypto=services.crypto
-    )
+    broken = Services.create(services.settings, db=services.db, queue=dead)
     try:
         async with client_for(broken) as client:
             response = await client.get("/readyz")
     finally:
+        await broken.http.aclose()
         await dead.close()
     assert response.status_code == 503
     assert response.json()["failing"] == ["redis"]

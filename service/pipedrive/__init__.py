@@ -1,0 +1,1 @@
+"""Pipedrive: what we receive from it (webhooks) and, later, how we call it."""

@@ -1,0 +1,276 @@
+"""The Pipedrive API client: auth, the shared rate limiter, the envelope and one error tree.
+
+One `httpx2.AsyncClient` per process carries every call. For each call the client: refuses to
+call for an inactive installation; waits for the token's rate limiter (shared through Redis);
+sends with a bearer token (OAuth) or `x-api-token` (single-company mode); learns the limit from
+`x-ratelimit-*`; and maps the answer onto `service.pipedrive.errors`:
+
+- 2xx with `success: true`: the envelope's `data` (and `additional_data`).
+- 401: refresh once (single-flight) and resend; a second 401 marks the installation.
+- 429: a daily-budget 429 (`x-daily-ratelimit-token-remaining: 0`, or 429s that go on for more
+  than ~10 s) parks the installation and raises `DailyBudgetExhausted`; a burst 429 blocks the
+  token for the announced reset and is resent, a few times at most.
+- HTML 403: Cloudflare's block; the token is parked.
+- Everything else raises its error class without a resend; the queue decides about retries.
+
+Every call is logged (method, path, status, estimated cost, rate-limit headers), never a token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+
+from service import __version__
+from service.config import Settings
+from service.logging import get_logger
+from service.pipedrive import errors
+from service.pipedrive.ratelimit import LimiterParked, RateLimiter, reset_seconds
+from service.pipedrive.tokens import TokenManager
+from service.store import Database, installations
+from service.store.installations import Installation
+
+log = get_logger(__name__)
+
+DEFAULT_API_BASE = "https://api.pipedrive.com"
+#: Burst 429s resent within one call before it is handed back to the queue.
+MAX_BURST_RESENDS = 4
+#: 429s that keep coming for longer than this are taken as a spent daily budget (doc §3.5).
+DAILY_SUSPECT_SECONDS = 10.0
+CLOUDFLARE_PARK_SECONDS = 900.0
+LOGGED_HEADERS = (
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-daily-ratelimit-token-remaining",
+)
+
+
+def http_client() -> httpx2.AsyncClient:
+    """The process's one outbound HTTP client, with explicit limits and timeouts."""
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(30.0, connect=5.0, pool=10.0),
+        limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": f"pdbridge/{__version__}"},
+        follow_redirects=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A successful Pipedrive answer."""
+
+    data: Any
+    additional_data: Any
+
+
+def estimated_cost(method: str, path: str) -> int:
+    """Pipedrive's documented v1 token costs (doc §3.5), for the call log and budgeting."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    by_id = bool(parts) and (parts[-1].isdigit() or parts[-1] == "me")
+    if parts[:1] == ["webhooks"]:
+        return 6 if method == "DELETE" else 10
+    if method == "GET":
+        return 2 if by_id else 20
+    if method == "DELETE":
+        return 6
+    return 10
+
+
+class PipedriveClient:
+    """Calls `{api_domain}/api/v1{path}` for an installation."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        http: httpx2.AsyncClient,
+        tokens: TokenManager,
+        limiter: RateLimiter,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.http = http
+        self.tokens = tokens
+        self.limiter = limiter
+        self.probe_seconds = settings.pipedrive_budget_probe_seconds
+
+    def base_url(self, inst: Installation) -> str:
+        if self.settings.pipedrive_api_url:
+            return f"{self.settings.pipedrive_api_url}/api/v1"
+        domain = inst.api_domain or DEFAULT_API_BASE
+        return f"{domain}/api/v1"
+
+    async def get(self, inst: Installation, path: str, **params: Any) -> Any:
+        return (await self.request(inst, "GET", path, params=params or None)).data
+
+    async def post(self, inst: Installation, path: str, json: Any) -> Any:
+        return (await self.request(inst, "POST", path, json=json)).data
+
+    async def delete(self, inst: Installation, path: str) -> Any:
+        return (await self.request(inst, "DELETE", path)).data
+
+    async def request(
+        self,
+        inst: Installation,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        probe: bool = False,
+    ) -> Envelope:
+        """One API call with auth, rate limiting and error mapping; `probe` ignores a park."""
+        if inst.status != "active":
+            raise errors.InstallationInactive(
+                f"installation {inst.key} is {inst.status}", code=inst.status
+            )
+        limiter_key = f"installation:{inst.id}"
+        refreshed = False
+        first_429: float | None = None
+        token, version = await self._credentials(inst)
+        for _ in range(MAX_BURST_RESENDS + 1):
+            try:
+                await self.limiter.acquire(limiter_key, ignore_park=probe)
+            except LimiterParked as parked:
+                raise errors.DailyBudgetExhausted(
+                    f"installation {inst.key} is parked", retry_after=parked.seconds
+                ) from None
+            response = await self._send(inst, method, path, token, json, params)
+            await self.limiter.observe(limiter_key, response.headers)
+            status = response.status_code
+            if status == 401 and inst.auth_kind == "oauth" and not refreshed:
+                refreshed = True
+                token, version = await self.tokens.after_unauthorized(inst, version)
+                continue
+            if status == 429:
+                now = time.monotonic()
+                first_429 = first_429 if first_429 is not None else now
+                if _daily_exhausted(response) or now - first_429 > DAILY_SUSPECT_SECONDS:
+                    await self._park(inst, limiter_key, "daily budget")
+                    raise errors.DailyBudgetExhausted(
+                        f"daily API budget of company {inst.company_id} is spent",
+                        status=429,
+                        retry_after=self.probe_seconds,
+                    )
+                wait = reset_seconds(response.headers) or 2.0
+                await self.limiter.block(limiter_key, wait)
+                continue
+            return await self._result(inst, limiter_key, response)
+        raise errors.RateLimited(
+            f"still rate limited after {MAX_BURST_RESENDS} resends", status=429, retry_after=2.0
+        )
+
+    async def _credentials(self, inst: Installation) -> tuple[str, int]:
+        if inst.auth_kind == "api_token":
+            token = self.settings.pipedrive_api_token
+            if token is None:
+                raise errors.InstallationInactive("PIPEDRIVE_API_TOKEN is not set")
+            return token.get_secret_value(), 0
+        return await self.tokens.access_token(inst)
+
+    async def _send(
+        self,
+        inst: Installation,
+        method: str,
+        path: str,
+        token: str,
+        json: Any,
+        params: dict[str, Any] | None,
+    ) -> httpx2.Response:
+        headers = (
+            {"x-api-token": token}
+            if inst.auth_kind == "api_token"
+            else {"Authorization": f"Bearer {token}"}
+        )
+        started = time.perf_counter()
+        response = await self.http.request(
+            method, f"{self.base_url(inst)}{path}", json=json, params=params, headers=headers
+        )
+        log.info(
+            "pipedrive.call",
+            installation=inst.key,
+            method=method,
+            path=path,
+            status=response.status_code,
+            cost=estimated_cost(method, path),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            **{
+                h.replace("-", "_"): response.headers[h]
+                for h in LOGGED_HEADERS
+                if h in response.headers
+            },
+        )
+        return response
+
+    async def _park(self, inst: Installation, limiter_key: str, why: str) -> None:
+        await self.limiter.park(limiter_key, self.probe_seconds)
+        log.warning(
+            "pipedrive.parked",
+            installation=inst.key,
+            reason=why,
+            probe_in_seconds=self.probe_seconds,
+            action="work waits; a probe resumes it",
+        )
+
+    async def _result(
+        self, inst: Installation, limiter_key: str, response: httpx2.Response
+    ) -> Envelope:
+        status = response.status_code
+        body = _json(response)
+        if 200 <= status < 300:
+            if isinstance(body, dict) and body.get("success") is not False:
+                return Envelope(body.get("data"), body.get("additional_data"))
+            raise errors.InvalidPayload(
+                f"unexpected success body: {response.text[:200]}", status=status
+            )
+        message, code = _error_text(body, response)
+        if status == 401:
+            await installations.set_status(self.db, inst.id, "needs_reauth", f"401: {message}")
+            log.error("pipedrive.auth_revoked", installation=inst.key, error=message)
+            raise errors.AuthRevoked(message, status=status, code=code)
+        if status == 403 and body is None and "html" in response.headers.get("content-type", ""):
+            await self._park(inst, limiter_key, "Cloudflare block")
+            raise errors.CloudflareBlocked(
+                "Pipedrive's edge blocked this token (HTML 403)",
+                status=status,
+                retry_after=CLOUDFLARE_PARK_SECONDS,
+            )
+        if status == 403 and "scope" in message.lower():
+            raise errors.ScopeMissing(message, status=status, code=code)
+        error_type: type[errors.PipedriveError] = {
+            402: errors.AccountNotOpen,
+            403: errors.Forbidden,
+            404: errors.NotFound,
+            410: errors.NotFound,
+        }.get(status, errors.InvalidPayload)
+        if status >= 500:
+            raise errors.ServerError(message, status=status, code=code)
+        raise error_type(message, status=status, code=code)
+
+
+def _json(response: httpx2.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error_text(body: Any, response: httpx2.Response) -> tuple[str, str | None]:
+    """The human message and machine code of an error envelope (Pipedrive's or the Channels
+    API's `{data: {code, message}}`), or the start of a non-JSON body."""
+    if isinstance(body, dict):
+        data = body.get("data")
+        if isinstance(data, dict) and "message" in data:
+            return str(data["message"]), str(data.get("code")) if data.get("code") else None
+        message = body.get("error") or body.get("message") or body.get("errors")
+        code = body.get("code") or body.get("error_code")
+        return str(message or response.status_code), str(code) if code else None
+    return f"HTTP {response.status_code}: {response.text[:200]}", None
+
+
+def _daily_exhausted(response: httpx2.Response) -> bool:
+    return response.headers.get("x-daily-ratelimit-token-remaining", "").strip() == "0"

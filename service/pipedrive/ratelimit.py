@@ -1,0 +1,170 @@
+"""One rate limiter per Pipedrive token, shared by every web and worker process through Redis.
+
+Pipedrive allows `x-ratelimit-limit` requests per rolling 2-second window per token and announces
+resets. The limiter keeps a sliding log of sends in Redis and, in one atomic script, answers
+"send now" or "wait N ms": it never lets a request out while a reset window announced by a 429 (or
+by `x-ratelimit-remaining: 0`) is open, nor while the installation is parked for its daily budget.
+Time is Redis's own clock, so processes on different hosts agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
+
+from redis.asyncio import Redis
+
+from service import redis_keys
+from service.logging import get_logger
+
+log = get_logger(__name__)
+
+WINDOW_MS = 2000
+#: Used until the first response tells us the real limit (Pipedrive's smallest OAuth figure is 80,
+#: API tokens 20): low enough for any plan.
+DEFAULT_LIMIT = 20
+#: Share of the announced limit we use; what is left absorbs clock skew between the two windows.
+TARGET_FRACTION = 0.95
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local state = redis.call('HMGET', KEYS[2], 'limit', 'blocked_until', 'parked_until')
+local parked = tonumber(state[3] or '0')
+if parked > now then return {-1, parked - now} end
+local blocked = tonumber(state[2] or '0')
+if blocked > now then return {0, blocked - now} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local limit = tonumber(state[1] or ARGV[2])
+local allowed = math.max(1, math.floor(limit * tonumber(ARGV[3])))
+if redis.call('ZCARD', KEYS[1]) < allowed then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window * 2)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, math.max(1, tonumber(oldest[2]) + window - now)}
+"""
+
+_BLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local field = ARGV[1]
+local until_ms = now + tonumber(ARGV[2])
+local current = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+if until_ms > current then redis.call('HSET', KEYS[1], field, until_ms) end
+redis.call('PEXPIRE', KEYS[1], 172800000)
+return until_ms
+"""
+
+
+class LimiterParked(Exception):
+    """The token's installation is parked; `seconds` until the park ends."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"parked for {seconds:.1f} s")
+        self.seconds = seconds
+
+
+class RateLimiter:
+    """Shared per-token send budget; `key` names the token (an installation), never holds it."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._block = redis.register_script(_BLOCK)
+
+    def _keys(self, key: str) -> tuple[str, str]:
+        base = f"{redis_keys.RATE_LIMIT}{key}"
+        return f"{base}:log", f"{base}:state"
+
+    async def acquire(self, key: str, *, ignore_park: bool = False) -> float:
+        """Wait for a send slot; returns the seconds waited. Raises `LimiterParked` when parked."""
+        log_key, state_key = self._keys(key)
+        waited = 0.0
+        while True:
+            member = uuid.uuid4().hex
+            result = cast(
+                "list[int]",
+                await self._acquire(
+                    keys=[log_key, state_key],
+                    args=[WINDOW_MS, DEFAULT_LIMIT, TARGET_FRACTION, member],
+                ),
+            )
+            verdict, wait_ms = int(result[0]), int(result[1])
+            if verdict == 1:
+                return waited
+            if verdict == -1 and not ignore_park:
+                raise LimiterParked(wait_ms / 1000)
+            if verdict == -1:
+                await _done(self.redis.hdel(state_key, "parked_until"))
+                continue
+            await asyncio.sleep(wait_ms / 1000)
+            waited += wait_ms / 1000
+
+    async def observe(self, key: str, headers: Any) -> None:
+        """Learn the limit from a response and honour `remaining: 0` until its reset."""
+        _, state_key = self._keys(key)
+        limit = _int(headers.get("x-ratelimit-limit"))
+        if limit is not None and limit > 0:
+            await _done(self.redis.hset(state_key, "limit", str(limit)))
+        if _int(headers.get("x-ratelimit-remaining")) == 0:
+            await self.block(key, reset_seconds(headers) or WINDOW_MS / 1000)
+
+    async def block(self, key: str, seconds: float) -> None:
+        """No request for this token for `seconds` (a 429's announced reset window)."""
+        _, state_key = self._keys(key)
+        await self._block(keys=[state_key], args=["blocked_until", int(seconds * 1000) + 1])
+        log.info("ratelimit.blocked", limiter=key, seconds=seconds)
+
+    async def park(self, key: str, seconds: float) -> None:
+        """Hold all of this token's work for `seconds` (daily budget, Cloudflare block)."""
+        _, state_key = self._keys(key)
+        await self._block(keys=[state_key], args=["parked_until", int(seconds * 1000)])
+        log.warning("ratelimit.parked", limiter=key, seconds=seconds)
+
+    async def unpark(self, key: str) -> None:
+        _, state_key = self._keys(key)
+        await _done(self.redis.hdel(state_key, "parked_until"))
+        log.info("ratelimit.unparked", limiter=key)
+
+    async def parked_for(self, key: str) -> float:
+        """Seconds left in the park, 0 when not parked."""
+        _, state_key = self._keys(key)
+        raw = await _done(self.redis.hget(state_key, "parked_until"))
+        if raw is None:
+            return 0.0
+        seconds, micros = await self.redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return max(0.0, (int(raw) - now_ms) / 1000)
+
+
+T = TypeVar("T")
+
+
+async def _done(result: Awaitable[T] | T) -> T:
+    """redis-py types its commands for both clients; on the async one they are awaitables."""
+    return await cast("Awaitable[T]", result)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def reset_seconds(headers: Any) -> float | None:
+    """The wait a response announced: `Retry-After`, else `x-ratelimit-reset` (seconds)."""
+    for name in ("retry-after", "x-ratelimit-reset"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            continue
+    return None

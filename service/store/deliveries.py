@@ -1,0 +1,84 @@
+"""Inbound deliveries: the durable dedupe record written before a webhook is acknowledged.
+
+A delivery is `received` when recorded and `enqueued` once its job is in the queue. A redelivery
+of a `received` one (the enqueue failed, or the process died in between) is enqueued again; one
+already `enqueued` is acknowledged as a duplicate and nothing else happens.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from service.store.engine import Database
+from service.store.schema import inbound_deliveries, utcnow
+
+Source = Literal["pipedrive", "telegram", "whatsapp", "twilio"]
+
+
+async def record(
+    db: Database, *, source: Source, dedupe_key: str, job: str, payload: dict[str, Any]
+) -> bool:
+    """Record a delivery; True when it still needs enqueueing (new, or recorded but not queued)."""
+    now = utcnow()
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                inbound_deliveries.insert().values(
+                    source=source,
+                    dedupe_key=dedupe_key,
+                    status="received",
+                    job=job,
+                    payload=payload,
+                    received_at=now,
+                    updated_at=now,
+                )
+            )
+        return True
+    except IntegrityError:
+        async with db.engine.connect() as conn:
+            status = (
+                await conn.execute(
+                    sa.select(inbound_deliveries.c.status).where(
+                        inbound_deliveries.c.source == source,
+                        inbound_deliveries.c.dedupe_key == dedupe_key,
+                    )
+                )
+            ).scalar_one()
+        return bool(status == "received")
+
+
+async def mark_enqueued(db: Database, *, source: Source, dedupe_key: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            inbound_deliveries.update()
+            .where(
+                inbound_deliveries.c.source == source,
+                inbound_deliveries.c.dedupe_key == dedupe_key,
+            )
+            .values(status="enqueued", updated_at=utcnow())
+        )
+
+
+async def stuck(db: Database, older_than: datetime, limit: int = 500) -> list[dict[str, Any]]:
+    """Deliveries recorded but never enqueued (a crash between the two steps)."""
+    query = (
+        sa.select(inbound_deliveries)
+        .where(
+            inbound_deliveries.c.status == "received",
+            inbound_deliveries.c.received_at < older_than,
+        )
+        .order_by(inbound_deliveries.c.id)
+        .limit(limit)
+    )
+    async with db.engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def count(db: Database, source: Source) -> int:
+    query = sa.select(sa.func.count()).where(inbound_deliveries.c.source == source)
+    async with db.engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())

@@ -1,0 +1,56 @@
+"""The bridge's references to Pipedrive persons, kept in step with merges."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from service.store.engine import Database
+from service.store.schema import person_links, utcnow
+
+
+async def link(
+    db: Database, *, company_id: int, person_id: int, ref_kind: str, ref_id: str
+) -> None:
+    """Point (ref_kind, ref_id) at a person, replacing an earlier link of the same reference."""
+    async with db.engine.begin() as conn:
+        updated = await conn.execute(
+            person_links.update()
+            .where(
+                person_links.c.company_id == company_id,
+                person_links.c.ref_kind == ref_kind,
+                person_links.c.ref_id == ref_id,
+            )
+            .values(person_id=person_id, updated_at=utcnow())
+        )
+        if not updated.rowcount:
+            await conn.execute(
+                person_links.insert().values(
+                    company_id=company_id,
+                    person_id=person_id,
+                    ref_kind=ref_kind,
+                    ref_id=ref_id,
+                    updated_at=utcnow(),
+                )
+            )
+
+
+async def person_for(db: Database, *, company_id: int, ref_kind: str, ref_id: str) -> int | None:
+    query = sa.select(person_links.c.person_id).where(
+        person_links.c.company_id == company_id,
+        person_links.c.ref_kind == ref_kind,
+        person_links.c.ref_id == ref_id,
+    )
+    async with db.engine.connect() as conn:
+        found = (await conn.execute(query)).scalar_one_or_none()
+    return int(found) if found is not None else None
+
+
+async def repoint(db: Database, *, company_id: int, from_person: int, to_person: int) -> int:
+    """After a merge, every link to the merged-away person points at the survivor."""
+    async with db.engine.begin() as conn:
+        result = await conn.execute(
+            person_links.update()
+            .where(person_links.c.company_id == company_id, person_links.c.person_id == from_person)
+            .values(person_id=to_person, updated_at=utcnow())
+        )
+        return int(result.rowcount)
