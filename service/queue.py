@@ -3,7 +3,8 @@
 Handlers call `Queue.enqueue` with an explicit job key; workers are built by `create_worker`.
 The retry policy lives here, once: a job function raises, `run_job` asks `service.errors` whether
 another try can help, and either schedules one (arq `Retry`, with backoff and jitter or the delay
-the other side asked for) or records a dead letter. Nothing is dropped silently.
+the other side asked for) or records a dead letter. `Parked` work (a spent daily budget) is queued
+again for later without spending a try. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -30,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import redis_keys
-from service.errors import is_transient, retry_after
+from service.errors import Parked, is_transient, retry_after
 from service.logging import get_logger
 from service.store import Database, dead_letters
 
@@ -55,6 +57,8 @@ JOB_EXPIRES = timedelta(days=7)
 #: Idle workers look for new jobs this often (arq's 0.5 s default would add its own latency).
 POLL_DELAY = 0.02
 BACKOFF_CAP = 300.0
+#: Joins a parked job's original key and its park time in the re-enqueued job's key.
+PARKED_MARK = "~parked~"
 
 
 def serialize(value: Any) -> bytes:
@@ -179,6 +183,9 @@ async def run_job(name: str, fn: JobFunction, ctx: JobContext, payload: dict[str
     try:
         async with asyncio.timeout(JOB_TIMEOUT):
             result = await fn(ctx, payload)
+    except Parked as error:
+        await _park(ctx, name, payload, error)
+        return None
     except Exception as error:
         if is_transient(error) and tries < MAX_TRIES:
             delay = retry_after(error) or backoff(tries)
@@ -194,6 +201,17 @@ async def run_job(name: str, fn: JobFunction, ctx: JobContext, payload: dict[str
         structlog.contextvars.unbind_contextvars(
             "job_id", "job", "job_try", "company_id", "channel"
         )
+
+
+async def _park(ctx: JobContext, name: str, payload: dict[str, Any], error: Parked) -> None:
+    """Queue the same work again for when the park ends; the new job starts with fresh tries.
+    A little jitter keeps parked jobs from all waking in the same instant."""
+    delay = (error.retry_after or BACKOFF_CAP) * random.uniform(1.0, 1.1)  # noqa: S311 -- jitter
+    base_key = str(ctx["job_id"]).split(PARKED_MARK)[0]
+    key = f"{base_key}{PARKED_MARK}{int(time.time() * 1000)}"
+    await Queue(ctx["redis"]).enqueue(name, payload, key=key, defer_by=delay)
+    await _count(ctx, name, "parked")
+    log.warning("job.parked", reason=str(error), resume_in_seconds=round(delay, 1), parked_key=key)
 
 
 async def _dead_letter(

@@ -1,1 +1,1 @@
-"""Pipedrive: what we receive from it (webhooks) and, later, how we call it."""
+"""Pipedrive: OAuth, the rate-limited API client, and its webhook events."""

@@ -121,24 +121,19 @@ class PipedriveClient:
         *,
         json: Any = None,
         params: dict[str, Any] | None = None,
-        probe: bool = False,
     ) -> Envelope:
-        """One API call with auth, rate limiting and error mapping; `probe` ignores a park."""
+        """One API call with auth, rate limiting and error mapping (see the module docstring)."""
         if inst.status != "active":
             raise errors.InstallationInactive(
                 f"installation {inst.key} is {inst.status}", code=inst.status
             )
         limiter_key = f"installation:{inst.id}"
         refreshed = False
+        burst_resends = 0
         first_429: float | None = None
         token, version = await self._credentials(inst)
-        for _ in range(MAX_BURST_RESENDS + 1):
-            try:
-                await self.limiter.acquire(limiter_key, ignore_park=probe)
-            except LimiterParked as parked:
-                raise errors.DailyBudgetExhausted(
-                    f"installation {inst.key} is parked", retry_after=parked.seconds
-                ) from None
+        while True:
+            await self._acquire(inst, limiter_key, token)
             response = await self._send(inst, method, path, token, json, params)
             await self.limiter.observe(limiter_key, response.headers)
             status = response.status_code
@@ -146,23 +141,38 @@ class PipedriveClient:
                 refreshed = True
                 token, version = await self.tokens.after_unauthorized(inst, version)
                 continue
-            if status == 429:
-                now = time.monotonic()
-                first_429 = first_429 if first_429 is not None else now
-                if _daily_exhausted(response) or now - first_429 > DAILY_SUSPECT_SECONDS:
-                    await self._park(inst, limiter_key, "daily budget")
-                    raise errors.DailyBudgetExhausted(
-                        f"daily API budget of company {inst.company_id} is spent",
-                        status=429,
-                        retry_after=self.probe_seconds,
-                    )
-                wait = reset_seconds(response.headers) or 2.0
-                await self.limiter.block(limiter_key, wait)
-                continue
-            return await self._result(inst, limiter_key, response)
-        raise errors.RateLimited(
-            f"still rate limited after {MAX_BURST_RESENDS} resends", status=429, retry_after=2.0
-        )
+            if status != 429:
+                return await self._result(inst, limiter_key, response)
+            now = time.monotonic()
+            first_429 = first_429 if first_429 is not None else now
+            if _daily_exhausted(response) or now - first_429 > DAILY_SUSPECT_SECONDS:
+                raise await self._park(inst, limiter_key, "daily budget")
+            if burst_resends == MAX_BURST_RESENDS:
+                raise errors.RateLimited(
+                    f"still rate limited after {burst_resends} resends",
+                    status=429,
+                    retry_after=reset_seconds(response.headers) or 2.0,
+                )
+            burst_resends += 1
+            await self.limiter.block(limiter_key, reset_seconds(response.headers) or 2.0)
+
+    async def _acquire(self, inst: Installation, limiter_key: str, token: str) -> None:
+        """Wait for a send slot; the first caller after a park first probes with a cheap GET."""
+        while True:
+            try:
+                probe = await self.limiter.acquire(limiter_key)
+            except LimiterParked as parked:
+                raise errors.DailyBudgetExhausted(
+                    f"installation {inst.key} is parked", retry_after=parked.seconds
+                ) from None
+            if not probe:
+                return
+            response = await self._send(inst, "GET", "/users/me", token, None, None)
+            await self.limiter.observe(limiter_key, response.headers)
+            if response.status_code == 429:
+                raise await self._park(inst, limiter_key, "probe still refused")
+            await self.limiter.unpark(limiter_key)
+            log.info("pipedrive.unparked", installation=inst.key, probe_status=response.status_code)
 
     async def _credentials(self, inst: Installation) -> tuple[str, int]:
         if inst.auth_kind == "api_token":
@@ -206,7 +216,10 @@ class PipedriveClient:
         )
         return response
 
-    async def _park(self, inst: Installation, limiter_key: str, why: str) -> None:
+    async def _park(
+        self, inst: Installation, limiter_key: str, why: str
+    ) -> errors.DailyBudgetExhausted:
+        """Park the installation's work; returns the error for the caller to raise."""
         await self.limiter.park(limiter_key, self.probe_seconds)
         log.warning(
             "pipedrive.parked",
@@ -214,6 +227,11 @@ class PipedriveClient:
             reason=why,
             probe_in_seconds=self.probe_seconds,
             action="work waits; a probe resumes it",
+        )
+        return errors.DailyBudgetExhausted(
+            f"daily API budget of company {inst.company_id} is spent ({why})",
+            status=429,
+            retry_after=self.probe_seconds,
         )
 
     async def _result(
@@ -233,7 +251,8 @@ class PipedriveClient:
             log.error("pipedrive.auth_revoked", installation=inst.key, error=message)
             raise errors.AuthRevoked(message, status=status, code=code)
         if status == 403 and body is None and "html" in response.headers.get("content-type", ""):
-            await self._park(inst, limiter_key, "Cloudflare block")
+            await self.limiter.park(limiter_key, CLOUDFLARE_PARK_SECONDS)
+            log.error("pipedrive.cloudflare_block", installation=inst.key, action="alert")
             raise errors.CloudflareBlocked(
                 "Pipedrive's edge blocked this token (HTML 403)",
                 status=status,

@@ -27,14 +27,23 @@ WINDOW_MS = 2000
 DEFAULT_LIMIT = 20
 #: Share of the announced limit we use; what is left absorbs clock skew between the two windows.
 TARGET_FRACTION = 0.95
+#: When a park ends, one caller probes; the others wait this long for its verdict.
+PROBE_GRACE_MS = 30_000
 
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
-local state = redis.call('HMGET', KEYS[2], 'limit', 'blocked_until', 'parked_until')
+local state = redis.call('HMGET', KEYS[2], 'limit', 'blocked_until', 'parked_until', 'probe_until')
 local parked = tonumber(state[3] or '0')
 if parked > now then return {-1, parked - now} end
+local probe = 0
+if parked > 0 then
+  local probing = tonumber(state[4] or '0')
+  if probing > now then return {-1, probing - now} end
+  redis.call('HSET', KEYS[2], 'probe_until', now + tonumber(ARGV[5]))
+  probe = 1
+end
 local blocked = tonumber(state[2] or '0')
 if blocked > now then return {0, blocked - now} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
@@ -43,6 +52,7 @@ local allowed = math.max(1, math.floor(limit * tonumber(ARGV[3])))
 if redis.call('ZCARD', KEYS[1]) < allowed then
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], window * 2)
+  if probe == 1 then return {2, 0} end
   return {1, 0}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -81,29 +91,26 @@ class RateLimiter:
         base = f"{redis_keys.RATE_LIMIT}{key}"
         return f"{base}:log", f"{base}:state"
 
-    async def acquire(self, key: str, *, ignore_park: bool = False) -> float:
-        """Wait for a send slot; returns the seconds waited. Raises `LimiterParked` when parked."""
+    async def acquire(self, key: str) -> bool:
+        """Wait for a send slot. Raises `LimiterParked` while parked. Returns True when the
+        caller is the one probe after a park ended: it must check with a cheap call and then
+        `unpark` (or `park` again)."""
         log_key, state_key = self._keys(key)
-        waited = 0.0
         while True:
             member = uuid.uuid4().hex
             result = cast(
                 "list[int]",
                 await self._acquire(
                     keys=[log_key, state_key],
-                    args=[WINDOW_MS, DEFAULT_LIMIT, TARGET_FRACTION, member],
+                    args=[WINDOW_MS, DEFAULT_LIMIT, TARGET_FRACTION, member, PROBE_GRACE_MS],
                 ),
             )
             verdict, wait_ms = int(result[0]), int(result[1])
-            if verdict == 1:
-                return waited
-            if verdict == -1 and not ignore_park:
-                raise LimiterParked(wait_ms / 1000)
+            if verdict in (1, 2):
+                return verdict == 2
             if verdict == -1:
-                await _done(self.redis.hdel(state_key, "parked_until"))
-                continue
+                raise LimiterParked(wait_ms / 1000)
             await asyncio.sleep(wait_ms / 1000)
-            waited += wait_ms / 1000
 
     async def observe(self, key: str, headers: Any) -> None:
         """Learn the limit from a response and honour `remaining: 0` until its reset."""
@@ -123,12 +130,13 @@ class RateLimiter:
     async def park(self, key: str, seconds: float) -> None:
         """Hold all of this token's work for `seconds` (daily budget, Cloudflare block)."""
         _, state_key = self._keys(key)
+        await _done(self.redis.hdel(state_key, "probe_until"))
         await self._block(keys=[state_key], args=["parked_until", int(seconds * 1000)])
         log.warning("ratelimit.parked", limiter=key, seconds=seconds)
 
     async def unpark(self, key: str) -> None:
         _, state_key = self._keys(key)
-        await _done(self.redis.hdel(state_key, "parked_until"))
+        await _done(self.redis.hdel(state_key, "parked_until", "probe_until"))
         log.info("ratelimit.unparked", limiter=key)
 
     async def parked_for(self, key: str) -> float:
