@@ -14,7 +14,7 @@ from handlers import data_response, error_response, services
 from service import replay
 from service.crypto import constant_time_equals
 from service.logging import get_logger
-from service.store import dead_letters
+from service.store import dead_letters, installations
 
 log = get_logger(__name__)
 
@@ -72,9 +72,15 @@ async def replay_dead_letter(request: Request) -> Response:
     return JSONResponse({"id": dead_letter_id, "status": "enqueued"}, status_code=202)
 
 
+async def list_installations(request: Request) -> Response:
+    found = await installations.list_all(services(request).db)
+    return data_response([i.as_json() for i in found])
+
+
 def admin_app(token: str | None) -> ASGIApp:
     router = Router(
         routes=[
+            Route("/installations", list_installations, methods=["GET"]),
             Route("/dead-letters", list_dead_letters, methods=["GET"]),
             Route("/dead-letters/{id}/replay", replay_dead_letter, methods=["POST"]),
         ]

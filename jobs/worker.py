@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jobs import maintenance
+from jobs import installations, maintenance, pipedrive_events
 from service import queue
 from service.config import Settings
 from service.context import Services
@@ -14,7 +14,11 @@ from service.store import Database
 log = get_logger(__name__)
 
 #: Every job the workers run; enqueue them by these function names.
-FUNCTIONS: list[queue.RegisteredJob] = []
+FUNCTIONS: list[queue.RegisteredJob] = [
+    queue.job(pipedrive_events.pipedrive_event),
+    queue.job(installations.setup_installation),
+    queue.job(installations.setup_single_company),
+]
 
 
 async def startup(ctx: queue.JobContext) -> None:
@@ -50,7 +54,11 @@ def build_worker(
     return queue.create_worker(
         redis_url=settings.redis_url,
         functions=[*FUNCTIONS, *extra_functions],
-        cron_jobs=[queue.cron_job(maintenance.prune_dead_letters, minute={17}, hour={3})],
+        cron_jobs=[
+            queue.cron_job(maintenance.prune_dead_letters, minute={17}, hour={3}),
+            queue.cron_job(maintenance.sweep_stuck_deliveries, minute=None, hour=None),
+            queue.cron_job(installations.reconcile_webhooks, minute={41}, hour=None),
+        ],
         on_startup=startup,
         on_shutdown=shutdown,
         burst=burst,

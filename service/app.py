@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from handlers import admin, error_response, health
+from handlers import admin, error_response, health, oauth, pipedrive_webhooks
 from service.config import Settings
 from service.context import Services
 from service.logging import get_logger
@@ -43,6 +43,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             await Services.start(settings, metrics=metrics) if services is None else services
         )
         app.state.schema_at_head = False
+        if settings.single_company:
+            # Learn the token's company and create its webhooks (once; the job key dedupes).
+            await app.state.services.queue.enqueue(
+                "setup_single_company", {}, key="setup-single-company"
+            )
         log.info("web.started", public_base_url=settings.base_url)
         try:
             yield
@@ -54,7 +59,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     metrics = services.metrics if services is not None else Metrics()
     app = Starlette(
-        routes=[*health.routes, Mount("/admin", app=admin.admin_app(token))],
+        routes=[
+            *health.routes,
+            *oauth.routes,
+            *pipedrive_webhooks.routes,
+            Mount("/admin", app=admin.admin_app(token)),
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
     )

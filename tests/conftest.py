@@ -138,6 +138,30 @@ async def db(database_url: str) -> AsyncIterator[Database]:
         await database.dispose()
 
 
+@pytest.fixture(
+    params=[
+        "sqlite+embedded-redis",
+        pytest.param("postgresql+server-redis", marks=pytest.mark.postgres),
+    ]
+)
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(database URL, Redis URL) for heavier end-to-end tests: the embedded pair always, the
+    machine's servers when they answer (two runs instead of four)."""
+    if request.param.startswith("sqlite"):
+        database = f"sqlite:///{tmp_path / 'pdbridge.db'}"
+        redis_url = request.getfixturevalue("embedded_redis").url
+    else:
+        database = request.getfixturevalue("postgres_server_url")
+        asyncio.run(_reset_postgres(database))
+        if not answers("127.0.0.1", 6379) and "TEST_REDIS_URL" not in os.environ:
+            pytest.skip("no Redis server answers on 127.0.0.1:6379")
+        redis_url = SERVER_REDIS_URL
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    return database, redis_url
+
+
 # --- The service's objects ---------------------------------------------------------------------
 
 

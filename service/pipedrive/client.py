@@ -174,6 +174,29 @@ class PipedriveClient:
             await self.limiter.unpark(limiter_key)
             log.info("pipedrive.unparked", installation=inst.key, probe_status=response.status_code)
 
+    async def whoami(self, api_domain: str, *, bearer: str | None = None) -> dict[str, Any]:
+        """`GET /users/me` for a token that has no installation yet (the OAuth callback, or
+        single-company mode); returns the user with `id`, `company_id` and `company_domain`."""
+        if bearer is not None:
+            headers = {"Authorization": f"Bearer {bearer}"}
+        elif self.settings.pipedrive_api_token is not None:
+            headers = {"x-api-token": self.settings.pipedrive_api_token.get_secret_value()}
+        else:
+            raise errors.InstallationInactive("no token to ask Pipedrive who we are")
+        base = self.settings.pipedrive_api_url or api_domain
+        response = await self.http.get(f"{base}/api/v1/users/me", headers=headers)
+        log.info("pipedrive.call", method="GET", path="/users/me", status=response.status_code)
+        body = _json(response)
+        if response.status_code != 200 or not isinstance(body, dict):
+            message, code = _error_text(body, response)
+            raise errors.InvalidPayload(
+                f"users/me: {message}", status=response.status_code, code=code
+            )
+        user = body.get("data")
+        if not isinstance(user, dict) or "id" not in user or "company_id" not in user:
+            raise errors.InvalidPayload("users/me answered without id and company_id")
+        return user
+
     async def _credentials(self, inst: Installation) -> tuple[str, int]:
         if inst.auth_kind == "api_token":
             token = self.settings.pipedrive_api_token

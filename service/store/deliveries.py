@@ -82,3 +82,26 @@ async def count(db: Database, source: Source) -> int:
     query = sa.select(sa.func.count()).where(inbound_deliveries.c.source == source)
     async with db.engine.connect() as conn:
         return int((await conn.execute(query)).scalar_one())
+
+
+async def mark_done(db: Database, *, source: Source, dedupe_key: str) -> None:
+    """The delivery's work finished (written only after its side effects succeeded)."""
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            inbound_deliveries.update()
+            .where(
+                inbound_deliveries.c.source == source,
+                inbound_deliveries.c.dedupe_key == dedupe_key,
+            )
+            .values(status="done", updated_at=utcnow())
+        )
+
+
+async def count_by_status(db: Database, source: Source) -> dict[str, int]:
+    query = (
+        sa.select(inbound_deliveries.c.status, sa.func.count())
+        .where(inbound_deliveries.c.source == source)
+        .group_by(inbound_deliveries.c.status)
+    )
+    async with db.engine.connect() as conn:
+        return {str(status): int(n) for status, n in await conn.execute(query)}

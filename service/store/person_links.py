@@ -54,3 +54,14 @@ async def repoint(db: Database, *, company_id: int, from_person: int, to_person:
             .values(person_id=to_person, updated_at=utcnow())
         )
         return int(result.rowcount)
+
+
+async def unlink_person(db: Database, *, company_id: int, person_id: int) -> int:
+    """A person deleted for good: drop the links, the next message creates a new one."""
+    async with db.engine.begin() as conn:
+        result = await conn.execute(
+            person_links.delete().where(
+                person_links.c.company_id == company_id, person_links.c.person_id == person_id
+            )
+        )
+        return int(result.rowcount)

@@ -1,0 +1,142 @@
+"""The app's OAuth routes: start an install, receive the callback, receive the uninstall notice.
+
+One URL serves two verbs (Pipedrive allows one callback URL): `GET /oauth/callback` is the browser
+coming back with a code; `DELETE /oauth/callback` is Pipedrive's uninstall notice, authenticated
+with the app's own client credentials.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from handlers import error_response, services
+from handlers.basic_auth import basic_credentials, matches
+from service import redis_keys
+from service.crypto import BadSignature
+from service.logging import get_logger
+from service.pipedrive import subscriptions
+from service.pipedrive.errors import InvalidGrant, OAuthError, PipedriveError
+from service.store import installations
+from service.store.installations import code_hash
+
+log = get_logger(__name__)
+
+STATE_TTL_SECONDS = 600
+STATE_PREFIX = "install:"
+
+
+def page(title: str, message: str, status: int = 200) -> HTMLResponse:
+    """A plain page for the person in the browser."""
+    body = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
+    )
+    return HTMLResponse(body, status_code=status)
+
+
+async def install(request: Request) -> Response:
+    """Send the person to Pipedrive's consent page, with a signed, expiring `state`."""
+    svc = services(request)
+    if not svc.oauth.configured:
+        return page("Not configured", "PIPEDRIVE_CLIENT_ID and _SECRET are not set.", 503)
+    state = svc.crypto.sign(STATE_PREFIX + secrets.token_urlsafe(16), STATE_TTL_SECONDS)
+    return RedirectResponse(svc.oauth.authorize_url(state), status_code=302)
+
+
+async def callback(request: Request) -> Response:
+    """Exchange the code (once, even if the browser sends it twice) and store the installation."""
+    svc = services(request)
+    params = request.query_params
+    if "error" in params:
+        log.info("oauth.install_declined", error=params["error"])
+        return page("Installation cancelled", "The app was not installed.", 400)
+    code = params.get("code", "")
+    if not code or len(code) > 2048:
+        return page("Installation failed", "The link has no authorization code.", 400)
+    state = params.get("state")
+    if state is not None:
+        try:
+            if not svc.crypto.unsign(state).startswith(STATE_PREFIX):
+                raise BadSignature("not an install state")
+        except BadSignature as error:
+            log.warning("oauth.bad_state", reason=str(error))
+            return page("Installation failed", "This link has expired; please start again.", 400)
+    lock = svc.queue.redis.lock(f"{redis_keys.CODE_LOCK}{code_hash(code)}", timeout=30)
+    async with lock:
+        done = await installations.find_by_code(svc.db, code)
+        if done is None:
+            try:
+                done = await _exchange(request, code)
+            except InvalidGrant:
+                return page(
+                    "Installation failed", "The code was used or expired; start again.", 400
+                )
+            except (OAuthError, PipedriveError) as error:
+                log.error("oauth.install_failed", error=str(error), error_type=type(error).__name__)
+                return page("Installation failed", "Pipedrive did not complete it; try again.", 502)
+    return page(
+        "pdbridge is installed", f"Connected to company {done.company_id}. You can close this page."
+    )
+
+
+async def _exchange(request: Request, code: str) -> installations.Installation:
+    svc = services(request)
+    tokens = (await svc.oauth.exchange_code(code)).token_set()
+    user = await svc.pipedrive.whoami(tokens.api_domain, bearer=tokens.access_token)
+    inst = await installations.save_oauth_install(
+        svc.db,
+        svc.crypto,
+        company_id=int(user["company_id"]),
+        user_id=int(user["id"]),
+        company_domain=user.get("company_domain"),
+        tokens=tokens,
+        code=code,
+    )
+    log.info("oauth.installed", installation=inst.key, scopes=list(inst.scopes))
+    await svc.queue.enqueue(
+        "setup_installation",
+        {"installation_id": inst.id, "company_id": inst.company_id},
+        key=f"setup:{inst.id}:{inst.token_version}",
+    )
+    return inst
+
+
+async def uninstall(request: Request) -> Response:
+    """Pipedrive's uninstall notice: mark the installation uninstalled (idempotently)."""
+    svc = services(request)
+    settings = svc.settings
+    secret = settings.pipedrive_client_secret
+    if not (settings.pipedrive_client_id and secret) or not matches(
+        basic_credentials(request), settings.pipedrive_client_id, secret.get_secret_value()
+    ):
+        log.warning("oauth.uninstall_unauthorized")
+        return error_response(401, "UNAUTHORIZED", "client credentials required")
+    try:
+        body: Any = await request.json()
+        company_id, user_id = int(body["company_id"]), int(body["user_id"])
+    except (ValueError, KeyError, TypeError):
+        return error_response(400, "INVALID_BODY", "expected JSON with company_id and user_id")
+    inst = await installations.find(svc.db, company_id, user_id)
+    if inst is None:
+        log.info("oauth.uninstall_unknown", company_id=company_id, user_id=user_id)
+        return JSONResponse({"status": "unknown"})
+    changed = await installations.set_status(
+        svc.db, inst.id, "uninstalled", "uninstalled in Pipedrive"
+    )
+    await subscriptions.forget(svc, inst)
+    log.info("oauth.uninstalled", installation=inst.key, first_notice=changed)
+    return JSONResponse({"status": "uninstalled"})
+
+
+routes = [
+    Route("/oauth/install", install, methods=["GET"]),
+    Route("/oauth/callback", callback, methods=["GET"]),
+    Route("/oauth/callback", uninstall, methods=["DELETE"]),
+]

@@ -1,0 +1,101 @@
+"""The `pipedrive_event` job and the registry of what to do for each (entity, action).
+
+Handlers keep the bridge's own references in step with Pipedrive; later features register more
+with `@on(entity, action)`. Each handler must be idempotent: an event can be processed again after
+a retry.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from service.context import Services
+from service.logging import get_logger
+from service.pipedrive.webhooks import PipedriveEvent
+from service.queue import JobContext
+from service.store import deliveries, installations, person_links
+from service.store.installations import Installation
+
+log = get_logger(__name__)
+
+EventHandler = Callable[[Services, Installation, PipedriveEvent], Awaitable[None]]
+_REGISTRY: dict[tuple[str, str], list[EventHandler]] = defaultdict(list)
+
+
+def on(entity: str, *actions: str) -> Callable[[EventHandler], EventHandler]:
+    """Register a handler for `entity` events with any of `actions` (v2 words)."""
+
+    def register(handler: EventHandler) -> EventHandler:
+        for action in actions:
+            _REGISTRY[(entity, action)].append(handler)
+        return handler
+
+    return register
+
+
+def handlers_for(event: PipedriveEvent) -> list[EventHandler]:
+    return list(_REGISTRY.get((event.entity, event.action), ()))
+
+
+async def pipedrive_event(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Run the registered handlers for one webhook event; returns how many ran."""
+    svc: Services = ctx["services"]
+    event = PipedriveEvent.from_job_payload(payload["event"])
+    inst = await installations.get(svc.db, int(payload["installation_id"]))
+    handlers = handlers_for(event)
+    if inst is None:
+        log.warning("pipedrive_event.no_installation", installation_id=payload["installation_id"])
+        handlers = []
+    for handler in handlers:
+        assert inst is not None
+        await handler(svc, inst, event)
+    await deliveries.mark_done(svc.db, source="pipedrive", dedupe_key=payload["dedupe_key"])
+    log.info(
+        "pipedrive_event.processed",
+        entity=event.entity,
+        action=event.action,
+        entity_id=event.entity_id,
+        handlers=[h.__name__ for h in handlers],
+    )
+    return len(handlers)
+
+
+@on("person", "change", "delete")
+async def follow_person_merges(svc: Services, inst: Installation, event: PipedriveEvent) -> None:
+    """A merge moves our links from the merged-away person to the survivor; a plain delete
+    drops them (the next message from that customer links a new person)."""
+    if event.action == "change" and event.merged_from_id:
+        source, target = int(event.merged_from_id), int(event.entity_id)
+    elif event.action == "delete" and event.merged_to_id:
+        source, target = int(event.entity_id), int(event.merged_to_id)
+    elif event.action == "delete":
+        removed = await person_links.unlink_person(
+            svc.db, company_id=event.company_id, person_id=int(event.entity_id)
+        )
+        log.info("person.deleted", person_id=event.entity_id, links_removed=removed)
+        return
+    else:
+        return
+    moved = await person_links.repoint(
+        svc.db, company_id=event.company_id, from_person=source, to_person=target
+    )
+    log.info("person.merged", merged_away=source, survivor=target, links_moved=moved)
+
+
+@on("user", "change", "delete")
+async def follow_user_deactivation(
+    svc: Services, inst: Installation, event: PipedriveEvent
+) -> None:
+    """A deactivated (or deleted) user's installation stops working until they install again."""
+    active = (event.data or {}).get("active_flag", True)
+    if event.action == "change" and active is not False:
+        return
+    target = await installations.find(svc.db, event.company_id, int(event.entity_id))
+    if target is None:
+        return
+    if await installations.set_status(
+        svc.db, target.id, "needs_reauth", "user deactivated in Pipedrive"
+    ):
+        log.warning("installation.user_deactivated", installation=target.key)
