@@ -79,11 +79,11 @@ async def test_callback_installs_once_and_lists_it(bridge: Bridge) -> None:
 async def test_tokens_are_encrypted_at_rest(bridge: Bridge) -> None:
     """The database holds no token in clear."""
     inst = await bridge.install()
-    token_response = [r for r in bridge.pd.requests if r.path == "/oauth/token"][0]
+    token_response = next(r for r in bridge.pd.requests if r.path == "/oauth/token")
     assert token_response.status == 200
     async with bridge.services.db.engine.connect() as conn:
         row = (await conn.execute(sa.select(installations_table))).one()._mapping
-    bearer = [r for r in bridge.pd.requests if r.api_path == "/v1/users/me"][0]
+    bearer = next(r for r in bridge.pd.requests if r.api_path == "/v1/users/me")
     access_token = bearer.headers["authorization"].removeprefix("Bearer ")
     assert access_token not in str(dict(row))
     assert bridge.services.crypto.decrypt(row["access_token"]) == access_token
@@ -96,9 +96,12 @@ async def test_bad_state_and_declined_install_are_refused(bridge: Bridge) -> Non
     tampered = await bridge.http.get("/oauth/callback", params={"code": code, "state": "x.1.y"})
     declined = await bridge.http.get("/oauth/callback", params={"error": "user_denied"})
     unknown = await bridge.http.get("/oauth/callback", params={"code": "never-issued"})
-    assert tampered.status_code == 400 and "expired" in tampered.text
-    assert declined.status_code == 400 and "cancelled" in declined.text
-    assert unknown.status_code == 400 and "start again" in unknown.text
+    assert tampered.status_code == 400
+    assert "expired" in tampered.text
+    assert declined.status_code == 400
+    assert "cancelled" in declined.text
+    assert unknown.status_code == 400
+    assert "start again" in unknown.text
     assert await installations.list_all(bridge.services.db) == []
 
 
