@@ -8,6 +8,8 @@ event (400), and a failure to store it (503, so that Pipedrive retries).
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -58,9 +60,17 @@ async def receive(request: Request) -> Response:
         "dedupe_key": event.dedupe_key,
         "event": event.as_job_payload(),
     }
-    accepted = await ingest.accept(
-        svc, source="pipedrive", dedupe_key=event.dedupe_key, job="pipedrive_event", payload=payload
-    )
+    try:
+        accepted = await ingest.accept(
+            svc,
+            source="pipedrive",
+            dedupe_key=event.dedupe_key,
+            job="pipedrive_event",
+            payload=payload,
+        )
+    except (RedisError, SQLAlchemyError, OSError) as error:
+        log.error("pipedrive_webhook.not_stored", installation=inst.key, error=str(error))
+        return error_response(503, "UNAVAILABLE", "the event could not be stored; retry later")
     log.info(
         "pipedrive_webhook.received",
         installation=inst.key,
