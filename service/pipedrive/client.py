@@ -133,9 +133,9 @@ class PipedriveClient:
         first_429: float | None = None
         token, version = await self._credentials(inst)
         while True:
-            await self._acquire(inst, limiter_key, token)
+            ticket = await self._acquire(inst, limiter_key, token)
             response = await self._send(inst, method, path, token, json, params)
-            await self.limiter.observe(limiter_key, response.headers)
+            await self.limiter.observe(limiter_key, ticket, response.headers)
             status = response.status_code
             if status == 401 and inst.auth_kind == "oauth" and not refreshed:
                 refreshed = True
@@ -156,19 +156,19 @@ class PipedriveClient:
             burst_resends += 1
             await self.limiter.block(limiter_key, reset_seconds(response.headers) or 2.0)
 
-    async def _acquire(self, inst: Installation, limiter_key: str, token: str) -> None:
+    async def _acquire(self, inst: Installation, limiter_key: str, token: str) -> str:
         """Wait for a send slot; the first caller after a park first probes with a cheap GET."""
         while True:
             try:
-                probe = await self.limiter.acquire(limiter_key)
+                ticket, probe = await self.limiter.acquire(limiter_key)
             except LimiterParked as parked:
                 raise errors.DailyBudgetExhausted(
                     f"installation {inst.key} is parked", retry_after=parked.seconds
                 ) from None
             if not probe:
-                return
+                return ticket
             response = await self._send(inst, "GET", "/users/me", token, None, None)
-            await self.limiter.observe(limiter_key, response.headers)
+            await self.limiter.observe(limiter_key, ticket, response.headers)
             if response.status_code == 429:
                 raise await self._park(inst, limiter_key, "probe still refused")
             await self.limiter.unpark(limiter_key)

@@ -5,6 +5,11 @@ resets. The limiter keeps a sliding log of sends in Redis and, in one atomic scr
 "send now" or "wait N ms": it never lets a request out while a reset window announced by a 429 (or
 by `x-ratelimit-remaining: 0`) is open, nor while the installation is parked for its daily budget.
 Time is Redis's own clock, so processes on different hosts agree.
+
+Each send is logged when it is admitted and stamped again when its answer arrives (`complete`).
+Pipedrive counts a request when it arrives, which is between those two instants, so a log entry
+never leaves our window before Pipedrive's: our count is never below Pipedrive's, and staying
+under the announced limit by our count means staying under it by theirs.
 """
 
 from __future__ import annotations
@@ -59,6 +64,13 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, math.max(1, tonumber(oldest[2]) + window - now)}
 """
 
+_COMPLETE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+return now
+"""
+
 _BLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -86,15 +98,16 @@ class RateLimiter:
         self.redis = redis
         self._acquire = redis.register_script(_ACQUIRE)
         self._block = redis.register_script(_BLOCK)
+        self._complete = redis.register_script(_COMPLETE)
 
     def _keys(self, key: str) -> tuple[str, str]:
         base = f"{redis_keys.RATE_LIMIT}{key}"
         return f"{base}:log", f"{base}:state"
 
-    async def acquire(self, key: str) -> bool:
-        """Wait for a send slot. Raises `LimiterParked` while parked. Returns True when the
-        caller is the one probe after a park ended: it must check with a cheap call and then
-        `unpark` (or `park` again)."""
+    async def acquire(self, key: str) -> tuple[str, bool]:
+        """Wait for a send slot; returns its ticket (for `complete`) and whether the caller is
+        the one probe after a park ended (it must check with a cheap call and then `unpark`, or
+        `park` again). Raises `LimiterParked` while parked."""
         log_key, state_key = self._keys(key)
         while True:
             member = uuid.uuid4().hex
@@ -107,14 +120,16 @@ class RateLimiter:
             )
             verdict, wait_ms = int(result[0]), int(result[1])
             if verdict in (1, 2):
-                return verdict == 2
+                return member, verdict == 2
             if verdict == -1:
                 raise LimiterParked(wait_ms / 1000)
             await asyncio.sleep(wait_ms / 1000)
 
-    async def observe(self, key: str, headers: Any) -> None:
-        """Learn the limit from a response and honour `remaining: 0` until its reset."""
-        _, state_key = self._keys(key)
+    async def observe(self, key: str, ticket: str, headers: Any) -> None:
+        """Stamp the send with its answer's time, learn the limit from the response, and honour
+        `remaining: 0` until its reset."""
+        log_key, state_key = self._keys(key)
+        await self._complete(keys=[log_key], args=[ticket])
         limit = _int(headers.get("x-ratelimit-limit"))
         if limit is not None and limit > 0:
             await _done(self.redis.hset(state_key, "limit", str(limit)))

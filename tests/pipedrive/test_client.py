@@ -1,0 +1,264 @@
+"""The API client under load and failure: single-flight refresh, shared rate limits, parking,
+and the error tree, all against the Pipedrive stand-in with real workers and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from structlog.testing import capture_logs
+
+from service.pipedrive import errors
+from service.pipedrive.client import estimated_cost
+from service.queue import JobContext
+from service.store import dead_letters
+from service.store.installations import Installation
+from service.store.schema import installations as installations_table
+from service.store.schema import utcnow
+from tests.pipedrive.bridge import Bridge, jobs, running_bridge, standin
+from tests.standins.pipedrive import PipedriveStandin
+
+pytestmark = pytest.mark.anyio
+
+
+async def whoami(ctx: JobContext, payload: dict[str, Any]) -> Any:
+    """A job making one real API call for an installation (the shape every Pipedrive job has)."""
+    from service.store import installations
+
+    inst = await installations.get(ctx["services"].db, payload["installation_id"])
+    assert inst is not None
+    return await ctx["services"].pipedrive.get(inst, "/users/me")
+
+
+WHOAMI = jobs(whoami)
+
+
+@pytest.fixture
+def pd() -> Iterator[PipedriveStandin]:
+    with standin() as server:
+        yield server
+
+
+@pytest.fixture
+async def bridge(stack: tuple[str, str], pd: PipedriveStandin) -> AsyncIterator[Bridge]:
+    async with running_bridge(stack, pd) as running:
+        yield running
+
+
+async def enqueue_whoami(bridge: Bridge, inst: Installation, count: int) -> None:
+    for n in range(count):
+        await bridge.services.queue.enqueue(
+            "whoami", {"installation_id": inst.id, "company_id": inst.company_id}, key=f"who-{n}"
+        )
+
+
+async def expire_locally(bridge: Bridge, inst: Installation) -> None:
+    async with bridge.services.db.engine.begin() as conn:
+        await conn.execute(
+            installations_table.update()
+            .where(installations_table.c.id == inst.id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+async def test_expired_token_is_refreshed_once_for_twenty_concurrent_jobs(bridge: Bridge) -> None:
+    """20 jobs on two workers find the token expired; exactly one refresh call is made."""
+    inst = await bridge.install()
+    bridge.pd.expire_access_tokens()
+    await expire_locally(bridge, inst)
+    await enqueue_whoami(bridge, inst, 20)
+    await bridge.run_worker(*WHOAMI, workers=2)
+    assert bridge.pd.refresh_calls == 1
+    outcomes = await bridge.services.queue.job_outcomes()
+    assert outcomes[("whoami", "complete")] == 20
+    assert (await bridge.reload(inst)).token_version == inst.token_version + 1
+
+
+async def test_token_refused_early_is_refreshed_once_on_401(bridge: Bridge) -> None:
+    """When Pipedrive refuses a token we still think valid, 20 jobs share one refresh."""
+    inst = await bridge.install()
+    bridge.pd.expire_access_tokens()
+    await enqueue_whoami(bridge, inst, 20)
+    await bridge.run_worker(*WHOAMI, workers=2)
+    assert bridge.pd.refresh_calls == 1
+    assert (await bridge.services.queue.job_outcomes())[("whoami", "complete")] == 20
+
+
+async def test_refused_refresh_marks_the_installation_and_stops(bridge: Bridge) -> None:
+    """invalid_grant → needs_reauth, the job is a dead letter, and nothing retries the refresh."""
+    inst = await bridge.install()
+    bridge.pd.uninstall(1001, 2001)
+    await expire_locally(bridge, inst)
+    await enqueue_whoami(bridge, inst, 3)
+    await bridge.run_worker(*WHOAMI)
+    assert bridge.pd.refresh_calls == 1
+    inst = await bridge.reload(inst)
+    assert inst.status == "needs_reauth"
+    letters = await dead_letters.list_all(bridge.services.db)
+    assert len(letters) == 3
+    assert {d.error.split(":")[0] for d in letters} <= {"AuthRevoked", "InstallationInactive"}
+    assert all(d.tries == 1 for d in letters)
+
+
+async def test_burst_limit_is_respected_by_four_workers(bridge: Bridge) -> None:
+    """10 per 2 s: 100 calls from 4 workers all succeed, none inside an announced reset window."""
+    inst = await bridge.install()
+    bridge.pd.set_burst_limit(10, 2.0)
+    await enqueue_whoami(bridge, inst, 100)
+    await bridge.run_worker(*WHOAMI, workers=4)
+    outcomes = await bridge.services.queue.job_outcomes()
+    assert outcomes[("whoami", "complete")] == 100
+    assert await dead_letters.list_all(bridge.services.db) == []
+    assert bridge.pd.requests_inside_reset_window == 0
+    refused = [r for r in bridge.pd.requests if r.status == 429]
+    assert len(refused) <= 3, "the shared limiter should keep nearly every call under the limit"
+
+
+async def test_daily_budget_parks_the_work_until_a_probe_succeeds(bridge: Bridge) -> None:
+    """A daily-budget 429 parks the job (no retry loop); after the budget returns, a probe
+    resumes it and the job completes without being dead-lettered."""
+    inst = await bridge.install()
+    bridge.pd.exhaust_daily_budget(company_id=1001)
+    bridge.pd.clear_requests()
+    await enqueue_whoami(bridge, inst, 1)
+    worker = asyncio.create_task(bridge.run_worker(*WHOAMI))
+    await asyncio.sleep(0.6)
+    parked_requests = list(bridge.pd.requests)
+    assert [r.status for r in parked_requests] == [429]
+    bridge.pd.restore_daily_budget(company_id=1001)
+    await asyncio.wait_for(worker, 30)
+    statuses = [(r.api_path, r.status) for r in bridge.pd.requests]
+    assert statuses == [("/v1/users/me", 429), ("/v1/users/me", 200), ("/v1/users/me", 200)]
+    outcomes = await bridge.services.queue.job_outcomes()
+    assert outcomes[("whoami", "parked")] == 1
+    assert outcomes[("whoami", "complete")] == 1
+    assert await dead_letters.list_all(bridge.services.db) == []
+
+
+async def test_a_probe_that_is_still_refused_parks_again(bridge: Bridge) -> None:
+    """While the budget stays spent, each park ends in one probe and nothing else is sent."""
+    inst = await bridge.install()
+    bridge.pd.exhaust_daily_budget(company_id=1001)
+    bridge.pd.clear_requests()
+    await enqueue_whoami(bridge, inst, 3)
+    worker = asyncio.create_task(bridge.run_worker(*WHOAMI))
+    await asyncio.sleep(3.5)
+    sent = bridge.pd.requests
+    first = sent[0].time
+    initial = [r for r in sent if r.time - first < 0.5]  # the jobs already on their way
+    probes = sent[len(initial) :]
+    assert len(initial) <= 3
+    assert 2 <= len(probes) <= 4, "one probe per park (1 s here), nothing else"
+    gaps = [b.time - a.time for a, b in zip(sent[len(initial) - 1 :], probes, strict=False)]
+    assert min(gaps) >= 0.9, f"a request was sent before the park ended: {gaps}"
+    assert {r.status for r in sent} == {429}
+    bridge.pd.restore_daily_budget(company_id=1001)
+    await asyncio.wait_for(worker, 30)
+    assert (await bridge.services.queue.job_outcomes())[("whoami", "complete")] == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (500, None, errors.ServerError),
+        (503, None, errors.ServerError),
+        (404, None, errors.NotFound),
+        (410, None, errors.NotFound),
+        (400, {"success": False, "error": "bad field"}, errors.InvalidPayload),
+        (422, {"success": False, "error": "limit"}, errors.InvalidPayload),
+        (402, None, errors.AccountNotOpen),
+        (
+            403,
+            {"success": False, "error": "Scope and URL mismatch", "errorCode": 403},
+            errors.ScopeMissing,
+        ),
+        (403, {"success": False, "error": "no", "code": "feature_capping_x"}, errors.Forbidden),
+    ],
+)
+async def test_error_responses_map_onto_the_error_tree(
+    bridge: Bridge, status: int, body: Any, error: type[Exception]
+) -> None:
+    """Each documented failure raises its own class of the PipedriveError tree."""
+    inst = await bridge.install()
+    bridge.pd.fail_next("/v1/users/me", status, body)
+    with pytest.raises(error) as caught:
+        await bridge.services.pipedrive.get(inst, "/users/me")
+    assert isinstance(caught.value, errors.PipedriveError)
+    assert caught.value.status == status
+
+
+async def test_cloudflare_html_block_parks_the_token(bridge: Bridge) -> None:
+    """An HTML 403 is not parsed as JSON; the token is parked and no further call goes out."""
+    inst = await bridge.install()
+    bridge.pd.fail_next("/v1/users/me", 403)
+    with pytest.raises(errors.CloudflareBlocked):
+        await bridge.services.pipedrive.get(inst, "/users/me")
+    sent = len(bridge.pd.requests)
+    with pytest.raises(errors.DailyBudgetExhausted):
+        await bridge.services.pipedrive.get(inst, "/users/me")
+    assert len(bridge.pd.requests) == sent
+
+
+async def test_burst_429_is_waited_out_and_resent(bridge: Bridge) -> None:
+    """One burst 429 blocks the token for its reset, then the call goes through."""
+    inst = await bridge.install()
+    bridge.pd.fail_next("/v1/users/me", 429)
+    user = await bridge.services.pipedrive.get(inst, "/users/me")
+    assert user["id"] == 2001
+    assert bridge.pd.requests_inside_reset_window == 0
+
+
+async def test_every_call_is_logged_without_the_token(bridge: Bridge) -> None:
+    """The call log has method, path, status, cost and rate-limit headers, and no secret."""
+    inst = await bridge.install()
+    token = bridge.services.crypto.decrypt((await bridge.reload(inst)).access_token_encrypted or "")
+    with capture_logs() as logs:
+        await bridge.services.pipedrive.get(inst, "/users/me")
+    [call] = [e for e in logs if e["event"] == "pipedrive.call"]
+    assert (call["method"], call["path"], call["status"], call["cost"]) == (
+        "GET",
+        "/users/me",
+        200,
+        2,
+    )
+    assert call["x_ratelimit_limit"] == "80"
+    assert "x_ratelimit_remaining" in call
+    assert token not in repr(logs)
+
+
+async def test_transport_failure_is_transient(bridge: Bridge) -> None:
+    """An unreachable Pipedrive raises a transport error the queue treats as retryable."""
+    from service.errors import is_transient
+
+    inst = await bridge.install()
+    bridge.pd.stop()
+    with pytest.raises(Exception) as caught:  # noqa: PT011 -- the class is httpx2's; checked below
+        await bridge.services.pipedrive.get(inst, "/users/me")
+    assert is_transient(caught.value)
+
+
+def test_estimated_costs_follow_the_documented_table() -> None:
+    """Single reads cost 2, lists 20, writes 10, deletes 6, webhook calls 10/10/6."""
+    assert estimated_cost("GET", "/users/me") == 2
+    assert estimated_cost("GET", "/persons/12") == 2
+    assert estimated_cost("GET", "/persons") == 20
+    assert estimated_cost("POST", "/channels/messages/receive") == 10
+    assert estimated_cost("DELETE", "/channels/abc") == 6
+    assert estimated_cost("GET", "/webhooks") == 10
+    assert estimated_cost("DELETE", "/webhooks/3") == 6
+
+
+async def test_single_flight_refresh_persists_the_rotated_refresh_token(bridge: Bridge) -> None:
+    """After a refresh the new refresh token is stored: a second refresh later still works."""
+    inst = await bridge.install()
+    for _ in range(2):
+        await expire_locally(bridge, await bridge.reload(inst))
+        await bridge.services.pipedrive.get(await bridge.reload(inst), "/users/me")
+    assert bridge.pd.refresh_calls == 2
+    async with bridge.services.db.engine.connect() as conn:
+        status = (await conn.execute(sa.select(installations_table.c.status))).scalar_one()
+    assert status == "active"
