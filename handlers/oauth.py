@@ -11,6 +11,7 @@ import html
 import secrets
 from typing import Any
 
+import httpx2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -68,7 +69,7 @@ async def callback(request: Request) -> Response:
         except BadSignature as error:
             log.warning("oauth.bad_state", reason=str(error))
             return page("Installation failed", "This link has expired; please start again.", 400)
-    lock = svc.queue.redis.lock(f"{redis_keys.CODE_LOCK}{code_hash(code)}", timeout=30)
+    lock = svc.queue.redis.lock(f"{redis_keys.CODE_LOCK}{code_hash(code)}", timeout=120)
     async with lock:
         done = await installations.find_by_code(svc.db, code)
         if done is None:
@@ -78,7 +79,7 @@ async def callback(request: Request) -> Response:
                 return page(
                     "Installation failed", "The code was used or expired; start again.", 400
                 )
-            except (OAuthError, PipedriveError) as error:
+            except (OAuthError, PipedriveError, httpx2.TransportError) as error:
                 log.error("oauth.install_failed", error=str(error), error_type=type(error).__name__)
                 return page("Installation failed", "Pipedrive did not complete it; try again.", 502)
     return page(

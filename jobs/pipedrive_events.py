@@ -45,8 +45,8 @@ async def pipedrive_event(ctx: JobContext, payload: dict[str, Any]) -> int:
     event = PipedriveEvent.from_job_payload(payload["event"])
     inst = await installations.get(svc.db, int(payload["installation_id"]))
     handlers = handlers_for(event)
-    if inst is None:
-        log.warning("pipedrive_event.no_installation", installation_id=payload["installation_id"])
+    if inst is None or inst.status == "uninstalled":
+        log.info("pipedrive_event.skipped", installation_id=payload["installation_id"])
         handlers = []
     for handler in handlers:
         assert inst is not None
@@ -64,18 +64,13 @@ async def pipedrive_event(ctx: JobContext, payload: dict[str, Any]) -> int:
 
 @on("person", "change", "delete")
 async def follow_person_merges(svc: Services, inst: Installation, event: PipedriveEvent) -> None:
-    """A merge moves our links from the merged-away person to the survivor; a plain delete
-    drops them (the next message from that customer links a new person)."""
+    """A merge moves our links from the merged-away person to the survivor. A plain delete
+    keeps them: a v1 merge also sends a `deleted` for the merged-away person, possibly before
+    the `merged` event, and unlinking then would lose what the merge must move."""
     if event.action == "change" and event.merged_from_id:
         source, target = int(event.merged_from_id), int(event.entity_id)
     elif event.action == "delete" and event.merged_to_id:
         source, target = int(event.entity_id), int(event.merged_to_id)
-    elif event.action == "delete":
-        removed = await person_links.unlink_person(
-            svc.db, company_id=event.company_id, person_id=int(event.entity_id)
-        )
-        log.info("person.deleted", person_id=event.entity_id, links_removed=removed)
-        return
     else:
         return
     moved = await person_links.repoint(

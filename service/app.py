@@ -45,9 +45,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         app.state.schema_at_head = False
         if settings.single_company:
             # Learn the token's company and create its webhooks (once; the job key dedupes).
-            await app.state.services.queue.enqueue(
-                "setup_single_company", {}, key="setup-single-company"
-            )
+            try:
+                await app.state.services.queue.enqueue(
+                    "setup_single_company", {}, key="setup-single-company"
+                )
+            except Exception as error:  # noqa: BLE001 -- start anyway; /readyz reports Redis
+                log.error("web.setup_not_queued", error=str(error), action="restart when ready")
         log.info("web.started", public_base_url=settings.base_url)
         try:
             yield

@@ -83,7 +83,10 @@ class Crypto:
         except ValueError:
             raise BadSignature("malformed signed value") from None
         body = f"{encoded}.{expires_text}"
-        if not any(hmac.compare_digest(mac, self._mac(k, body)) for k in self._signing_keys):
+        given = mac.encode("utf-8", "replace")
+        if not any(
+            hmac.compare_digest(given, self._mac(k, body).encode()) for k in self._signing_keys
+        ):
             raise BadSignature("signature does not match")
         if expires < (now if now is not None else time.time()):
             raise BadSignature("signature has expired")

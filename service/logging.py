@@ -7,6 +7,7 @@ emitted while serving a request or running a job carries it without passing logg
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -33,10 +34,18 @@ REDACTED_KEYS = frozenset(
 )
 
 
+#: Telegram puts the bot token in every URL (`/bot123:ABC.../sendMessage`, `/file/bot.../...`).
+_BOT_TOKEN_IN_URL = re.compile(r"bot\d+:[A-Za-z0-9_-]+")
+
+
 def redact(_: Any, __: str, event: EventDict) -> EventDict:
-    """Replace secret-looking values so a careless `log.info(..., token=...)` leaks nothing."""
+    """Replace secret-looking values so a careless `log.info(..., token=...)` leaks nothing,
+    and mask bot tokens inside any string (an exception text quoting a Telegram URL)."""
     for key in event.keys() & REDACTED_KEYS:
         event[key] = "[redacted]"
+    for key, value in event.items():
+        if isinstance(value, str) and "bot" in value:
+            event[key] = _BOT_TOKEN_IN_URL.sub("bot[redacted]", value)
     return event
 
 
@@ -78,6 +87,7 @@ def configure_logging(settings: Settings) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact,  # again: a formatted traceback may quote a URL with a token
                 renderer,
             ],
         )
@@ -87,6 +97,9 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     # Our middleware logs each request with its request_id; uvicorn's access log would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
+    # HTTP clients log every request URL at INFO; Telegram's URLs carry the bot token.
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Alembic announces its context on every migration check; only its warnings matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error", "arq"):

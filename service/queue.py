@@ -209,7 +209,12 @@ async def _park(ctx: JobContext, name: str, payload: dict[str, Any], error: Park
     delay = (error.retry_after or BACKOFF_CAP) * random.uniform(1.0, 1.1)  # noqa: S311 -- jitter
     base_key = str(ctx["job_id"]).split(PARKED_MARK)[0]
     key = f"{base_key}{PARKED_MARK}{int(time.time() * 1000)}"
-    await Queue(ctx["redis"]).enqueue(name, payload, key=key, defer_by=delay)
+    try:
+        await Queue(ctx["redis"]).enqueue(name, payload, key=key, defer_by=delay)
+    except Exception as enqueue_error:
+        # Not re-queued: keep this job instead (a retry spends a try, but nothing is lost).
+        log.error("job.park_failed", error=str(enqueue_error))
+        raise Retry(defer=delay) from enqueue_error
     await _count(ctx, name, "parked")
     log.warning("job.parked", reason=str(error), resume_in_seconds=round(delay, 1), parked_key=key)
 

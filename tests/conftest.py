@@ -28,7 +28,7 @@ from service.store.migrate import upgrade
 from service.store.schema import metadata
 
 #: The machine's services (CI runs on this same machine); override for another host.
-SERVER_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+SERVER_REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -66,15 +66,34 @@ def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
         yield server
 
 
+@pytest.fixture(scope="session")
+def server_redis_url() -> Iterator[str]:
+    """A database number of the machine's Redis leased to this test session alone, so that two
+    test runs on one machine (a developer's and CI's) never flush each other's queues."""
+    if not answers("127.0.0.1", 6379) and "TEST_REDIS_URL" not in os.environ:
+        pytest.skip("no Redis server answers on 127.0.0.1:6379")
+    admin = redis.Redis.from_url(f"{SERVER_REDIS_BASE}/0")
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        for number in range(15, 0, -1):
+            if admin.set(f"pdbridge-tests:lease:{number}", token, nx=True, ex=3 * 3600):
+                break
+        else:
+            pytest.skip("every Redis database number is leased by other test sessions")
+        yield f"{SERVER_REDIS_BASE}/{number}"
+        if admin.get(f"pdbridge-tests:lease:{number}") == token.encode():
+            admin.delete(f"pdbridge-tests:lease:{number}")
+    finally:
+        admin.close()
+
+
 @pytest.fixture(params=["embedded-redis", "server-redis"])
 def redis_url(request: pytest.FixtureRequest) -> str:
     """A flushed Redis database: the embedded server, then the machine's server if it answers."""
     if request.param == "embedded-redis":
         url = request.getfixturevalue("embedded_redis").url
     else:
-        if not answers("127.0.0.1", 6379) and "TEST_REDIS_URL" not in os.environ:
-            pytest.skip("no Redis server answers on 127.0.0.1:6379")
-        url = SERVER_REDIS_URL
+        url = request.getfixturevalue("server_redis_url")
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
@@ -153,9 +172,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     else:
         database = request.getfixturevalue("postgres_server_url")
         asyncio.run(_reset_postgres(database))
-        if not answers("127.0.0.1", 6379) and "TEST_REDIS_URL" not in os.environ:
-            pytest.skip("no Redis server answers on 127.0.0.1:6379")
-        redis_url = SERVER_REDIS_URL
+        redis_url = request.getfixturevalue("server_redis_url")
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()

@@ -18,6 +18,7 @@ Every call is logged (method, path, status, estimated cost, rate-limit headers),
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -153,8 +154,13 @@ class PipedriveClient:
                     status=429,
                     retry_after=reset_seconds(response.headers) or 2.0,
                 )
+            # Doc §3.5: wait the announced reset, growing 2, 4, 8 ... s; 429s that go on past
+            # DAILY_SUSPECT_SECONDS mean a spent budget even without the daily header.
+            backoff = min(2.0 * 2**burst_resends, 30.0) * random.uniform(0.8, 1.0)  # noqa: S311
             burst_resends += 1
-            await self.limiter.block(limiter_key, reset_seconds(response.headers) or 2.0)
+            await self.limiter.block(
+                limiter_key, max(reset_seconds(response.headers) or 0.0, backoff)
+            )
 
     async def _acquire(self, inst: Installation, limiter_key: str, token: str) -> str:
         """Wait for a send slot; the first caller after a park first probes with a cheap GET."""
@@ -169,7 +175,7 @@ class PipedriveClient:
                 return ticket
             response = await self._send(inst, "GET", "/users/me", token, None, None)
             await self.limiter.observe(limiter_key, ticket, response.headers)
-            if response.status_code == 429:
+            if response.status_code == 429 or response.status_code == 403:
                 raise await self._park(inst, limiter_key, "probe still refused")
             await self.limiter.unpark(limiter_key)
             log.info("pipedrive.unparked", installation=inst.key, probe_status=response.status_code)
@@ -187,6 +193,12 @@ class PipedriveClient:
         response = await self.http.get(f"{base}/api/v1/users/me", headers=headers)
         log.info("pipedrive.call", method="GET", path="/users/me", status=response.status_code)
         body = _json(response)
+        if response.status_code == 429:
+            raise errors.RateLimited("users/me: rate limited", status=429, retry_after=2.0)
+        if response.status_code >= 500:
+            raise errors.ServerError(
+                f"users/me: HTTP {response.status_code}", status=response.status_code
+            )
         if response.status_code != 200 or not isinstance(body, dict):
             message, code = _error_text(body, response)
             raise errors.InvalidPayload(
@@ -263,6 +275,8 @@ class PipedriveClient:
         status = response.status_code
         body = _json(response)
         if 200 <= status < 300:
+            if status == 204 or not response.content:
+                return Envelope(None, None)
             if isinstance(body, dict) and body.get("success") is not False:
                 return Envelope(body.get("data"), body.get("additional_data"))
             raise errors.InvalidPayload(

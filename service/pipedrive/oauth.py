@@ -110,7 +110,8 @@ class OAuthClient:
             raise OAuthUnavailable(message, status=response.status_code)
         if error == "invalid_client" or response.status_code == 401:
             raise InvalidClient(message, status=response.status_code, code=error or None)
-        if error == "invalid_grant" or "invalid grant" in description.lower():
+        said = f"{error} {description}".lower().replace("_", " ")
+        if "invalid grant" in said or (grant == "refresh_token" and response.status_code == 400):
             raise InvalidGrant(message, status=response.status_code, code="invalid_grant")
         raise OAuthError(message, status=response.status_code, code=error or None)
 

@@ -32,8 +32,10 @@ WINDOW_MS = 2000
 DEFAULT_LIMIT = 20
 #: Share of the announced limit we use; what is left absorbs clock skew between the two windows.
 TARGET_FRACTION = 0.95
-#: When a park ends, one caller probes; the others wait this long for its verdict.
+#: When a park ends, one caller probes; if it never reports back (a crash), another may probe
+#: after this long. Meanwhile the others look again every PROBE_WAIT_MS.
 PROBE_GRACE_MS = 30_000
+PROBE_WAIT_MS = 2_000
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -45,7 +47,7 @@ if parked > now then return {-1, parked - now} end
 local probe = 0
 if parked > 0 then
   local probing = tonumber(state[4] or '0')
-  if probing > now then return {-1, probing - now} end
+  if probing > now then return {-1, math.min(probing - now, tonumber(ARGV[6]))} end
   redis.call('HSET', KEYS[2], 'probe_until', now + tonumber(ARGV[5]))
   probe = 1
 end
@@ -115,7 +117,14 @@ class RateLimiter:
                 "list[int]",
                 await self._acquire(
                     keys=[log_key, state_key],
-                    args=[WINDOW_MS, DEFAULT_LIMIT, TARGET_FRACTION, member, PROBE_GRACE_MS],
+                    args=[
+                        WINDOW_MS,
+                        DEFAULT_LIMIT,
+                        TARGET_FRACTION,
+                        member,
+                        PROBE_GRACE_MS,
+                        PROBE_WAIT_MS,
+                    ],
                 ),
             )
             verdict, wait_ms = int(result[0]), int(result[1])

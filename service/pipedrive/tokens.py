@@ -32,7 +32,8 @@ log = get_logger(__name__)
 
 #: Refresh this long before the token expires, so no call goes out with a dying token.
 REFRESH_MARGIN = timedelta(minutes=5)
-LOCK_TIMEOUT = 30.0
+#: Longer than the slowest token request can take (the HTTP client gives up after 45 s).
+LOCK_TIMEOUT = 90.0
 
 
 class TokenManager:
@@ -90,7 +91,11 @@ class TokenManager:
             )
         except InvalidGrant as error:
             await installations.set_status(
-                self.db, installation_id, "needs_reauth", f"refresh refused: {error}"
+                self.db,
+                installation_id,
+                "needs_reauth",
+                f"refresh refused: {error}",
+                only_if_version=current.token_version,
             )
             log.error(
                 "oauth.refresh_refused",

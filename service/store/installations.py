@@ -213,6 +213,10 @@ async def ensure_api_token_install(
     """The implicit installation of single-company mode (its token lives in the environment)."""
     found = await find(db, company_id, user_id)
     if found is not None:
+        if found.status != "active":  # the operator fixed the token: Pipedrive just accepted it
+            await set_status(db, found.id, "active", None)
+            found = await find(db, company_id, user_id)
+            assert found is not None
         return found
     now = utcnow()
     async with db.engine.begin() as conn:
@@ -254,14 +258,26 @@ async def save_refreshed_tokens(
 
 
 async def set_status(
-    db: Database, installation_id: int, status: Status, reason: str | None = None
+    db: Database,
+    installation_id: int,
+    status: Status,
+    reason: str | None = None,
+    *,
+    only_if_version: int | None = None,
 ) -> bool:
-    """Change the status; returns False when it already had it (idempotent notices)."""
+    """Change the status; returns False when it already had it (idempotent notices), or when
+    `only_if_version` is given and the tokens changed meanwhile (a reinstall, another refresh)."""
+    query = installations.update().where(
+        installations.c.id == installation_id, installations.c.status != status
+    )
+    if only_if_version is not None:
+        query = query.where(
+            installations.c.token_version == only_if_version,
+            installations.c.status == "active",
+        )
     async with db.engine.begin() as conn:
         result = await conn.execute(
-            installations.update()
-            .where(installations.c.id == installation_id, installations.c.status != status)
-            .values(status=status, status_reason=reason, updated_at=utcnow())
+            query.values(status=status, status_reason=reason, updated_at=utcnow())
         )
         return bool(result.rowcount)
 

@@ -262,3 +262,24 @@ async def test_single_flight_refresh_persists_the_rotated_refresh_token(bridge: 
     async with bridge.services.db.engine.connect() as conn:
         status = (await conn.execute(sa.select(installations_table.c.status))).scalar_one()
     assert status == "active"
+
+
+async def test_refresh_refusal_in_another_body_shape_still_marks(bridge: Bridge) -> None:
+    """A 400 to a refresh whose body only says "Invalid grant" in `error` is still a refusal."""
+    inst = await bridge.install()
+    await expire_locally(bridge, inst)
+    bridge.pd.fail_next("/oauth/token", 400, {"error": "Invalid grant: refresh_token is invalid"})
+    with pytest.raises(errors.AuthRevoked):
+        await bridge.services.pipedrive.get(await bridge.reload(inst), "/users/me")
+    assert (await bridge.reload(inst)).status == "needs_reauth"
+
+
+async def test_spent_budget_without_the_daily_header_is_parked(bridge: Bridge) -> None:
+    """429s that go on for more than ten seconds park the work even without the daily header."""
+    inst = await bridge.install()
+    bridge.pd.fail_next("/v1/users/me", 429, {"success": False, "error": "limit"}, count=50)
+    with pytest.raises(errors.DailyBudgetExhausted):
+        await bridge.services.pipedrive.get(inst, "/users/me")
+    refused = [r for r in bridge.pd.requests if r.status == 429]
+    assert 3 <= len(refused) <= 5
+    assert bridge.pd.requests_inside_reset_window == 0
