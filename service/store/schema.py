@@ -139,8 +139,11 @@ inbound_deliveries = sa.Table(
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    #: For chat messages: deliveries of one conversation are relayed in this column's id order.
+    sa.Column("conversation_key", sa.String(300), nullable=True),
     sa.UniqueConstraint("source", "dedupe_key", name="uq_inbound_deliveries_key"),
     sa.Index("ix_inbound_deliveries_status_received", "status", "received_at"),
+    sa.Index("ix_inbound_deliveries_conversation", "conversation_key", "status", "id"),
 )
 
 #: The bridge's references to Pipedrive persons (a chat participant is linked to a person);
@@ -156,4 +159,98 @@ person_links = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("company_id", "ref_kind", "ref_id", name="uq_person_links_ref"),
     sa.Index("ix_person_links_company_person", "company_id", "person_id"),
+)
+
+#: A connected provider account (a Telegram bot, a WhatsApp number, a Twilio sender).
+#: `provider_channel_id` is ours (a UUID), globally unique, and what Pipedrive knows it by.
+channels = sa.Table(
+    "channels",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("provider_channel_id", sa.String(64), nullable=False),
+    sa.Column("provider", sa.String(20), nullable=False),
+    sa.Column(
+        "installation_id",
+        sa.Integer,
+        sa.ForeignKey("installations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("credentials", sa.Text, nullable=False),
+    sa.Column("webhook_secret", sa.Text, nullable=True),
+    sa.Column("account_id", sa.String(100), nullable=False),
+    sa.Column("account_name", sa.String(255), nullable=False),
+    sa.Column("pipedrive_channel_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("provider_channel_id", name="uq_channels_provider_channel_id"),
+)
+
+#: A two-party chat on a channel; `external_id` is the id Pipedrive sees (namespaced).
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "channel_id", sa.Integer, sa.ForeignKey("channels.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("external_id", sa.String(200), nullable=False),
+    sa.Column("address", sa.String(200), nullable=False),
+    sa.Column("link", sa.String(500), nullable=False, server_default=""),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("last_inbound_at", UTCDateTime, nullable=True),
+    sa.Column("last_activity_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("channel_id", "external_id", name="uq_conversations_channel_external"),
+    sa.Index("ix_conversations_channel_activity", "channel_id", "last_activity_at", "id"),
+)
+
+#: The people of a conversation: exactly one `source_user` (the business) and the `end_user`.
+participants = sa.Table(
+    "participants",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "conversation_id",
+        sa.Integer,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("external_id", sa.String(200), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("avatar_url", sa.String(500), nullable=True),
+    sa.UniqueConstraint("conversation_id", "external_id", name="uq_participants_conv_external"),
+    sa.Index("ix_participants_external", "external_id"),
+)
+
+#: Messages both ways. `external_id` is the stable id Pipedrive sees (derived from the provider's
+#: id inbound, ours outbound); `pushed_status` is the last status Pipedrive was told.
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "channel_id", sa.Integer, sa.ForeignKey("channels.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column(
+        "conversation_id",
+        sa.Integer,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("external_id", sa.String(200), nullable=False),
+    sa.Column("provider_message_id", sa.String(200), nullable=True),
+    sa.Column("direction", sa.String(10), nullable=False),
+    sa.Column("sender_id", sa.String(200), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("attachments", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("pushed_status", sa.String(20), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("channel_id", "external_id", name="uq_messages_channel_external"),
+    sa.Index("ix_messages_conversation_id", "conversation_id", "id"),
 )

@@ -1,0 +1,73 @@
+"""GET/HEAD `/media/{signed}`: serve a re-hosted attachment through its signed, expiring link.
+
+Pipedrive HEADs the link before using it (contract §4.5) and, on failure, calls
+`getMessageById` for a fresh one, so HEAD answers exactly the headers GET would.
+
+Dependencies: the store is `request.app.state.media_store` (set by the app factory), the signing
+keys are `services(request).crypto`, the same `Crypto` every other handler uses. The handler
+reads nothing else from `Services`, so a test can put any object with a `crypto` attribute there.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from handlers import error_response, services
+from service.crypto import BadSignature
+from service.media import MediaNotFound, MediaRef, MediaStore, read_media_token
+
+#: Shown for every failure: whether the link was forged, expired or its file is gone stays ours.
+NOT_FOUND_MESSAGE = "no such media, or the link has expired"
+
+#: Types a browser shows without running anything; anything else (HTML, SVG, XML, scripts...) is
+#: sent as a download so a customer's file can never run as a page on our origin.
+_INLINE_PREFIXES = ("image/", "audio/", "video/")
+_INLINE_TYPES = frozenset({"application/pdf", "text/plain"})
+_NEVER_INLINE = frozenset({"image/svg+xml"})
+
+
+def media_store(request: Request) -> MediaStore:
+    """The store of re-hosted files, put on the app by the app factory."""
+    found: MediaStore = request.app.state.media_store
+    return found
+
+
+def _disposition(ref: MediaRef) -> str:
+    essence = ref.mime_type.split(";", 1)[0].strip()
+    inline = essence not in _NEVER_INLINE and (
+        essence.startswith(_INLINE_PREFIXES) or essence in _INLINE_TYPES
+    )
+    kind = "inline" if inline else "attachment"
+    if ref.name is None:
+        return kind
+    return f"{kind}; filename*=UTF-8''{quote(ref.name, safe='')}"
+
+
+async def serve(request: Request) -> Response:
+    """The file's bytes (GET) or only its headers (HEAD); 404 for any bad link or missing file."""
+    store = media_store(request)
+    try:
+        ref = read_media_token(services(request).crypto, request.path_params["signed"])
+        if request.method == "HEAD":
+            length = await store.size(ref.key)
+            body = b""
+        else:
+            body = await store.get(ref.key)
+            length = len(body)
+    except (BadSignature, MediaNotFound):
+        return error_response(404, "NOT_FOUND", NOT_FOUND_MESSAGE)
+    headers = {
+        "Content-Type": ref.mime_type,
+        "Content-Length": str(length),
+        "Content-Disposition": _disposition(ref),
+        "Cache-Control": "private, max-age=300",
+        "X-Content-Type-Options": "nosniff",
+    }
+    return Response(body, headers=headers)
+
+
+routes = [Route("/media/{signed}", serve, methods=["GET", "HEAD"])]

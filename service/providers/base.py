@@ -1,0 +1,151 @@
+"""What every chat provider implements, and the normalized events they produce.
+
+A provider is one module with one class that satisfies `ProviderAdapter`: it checks a channel's
+credentials, verifies and splits incoming webhooks, parses them into `InboundMessage` and
+`StatusEvent`, fetches media, sends messages and (un)registers its webhook. Everything else
+(dedupe, ordering, media re-hosting, statuses, Pipedrive) lives once in the shared layer.
+
+Errors, drawn as a tree:
+
+    ProviderError
+    ├── ProviderTransient (TransientError)   retry: 429 with `retry_after`, 5xx, timeouts
+    └── ProviderPermanent (PermanentError)   no retry: the message fails
+        ├── RecipientUnreachable             blocked the bot, outside a reply window, ...
+        └── ProviderAuthError                the channel's credentials are refused
+    InvalidWebhook (ValueError)              the body is not a webhook we can read: 400
+    InvalidCredentials (ValueError)          `channels add` with unusable credentials: 400
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from service.errors import PdbridgeError, PermanentError, TransientError
+from service.models import Channel, Participant
+
+
+class ProviderError(PdbridgeError):
+    """A provider API call failed."""
+
+
+class ProviderTransient(ProviderError, TransientError):
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        TransientError.__init__(self, message, retry_after=retry_after)
+
+
+class ProviderPermanent(ProviderError, PermanentError):
+    """The provider refused for good; the reason is fit to show next to the failed message."""
+
+
+class RecipientUnreachable(ProviderPermanent):
+    """The customer cannot be reached (blocked the bot, left, outside the reply window)."""
+
+
+class ProviderAuthError(ProviderPermanent):
+    """The channel's credentials are no longer accepted."""
+
+
+class InvalidWebhook(ValueError):
+    """A webhook body we cannot read; the message is the reason (for a 400)."""
+
+
+class InvalidCredentials(ValueError):
+    """Channel credentials that are missing fields or refused by the provider."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRef:
+    """A file at the provider, to be downloaded by the worker and re-hosted."""
+
+    ref: str
+    mime_type: str
+    name: str
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A customer's message, normalized. Ids are namespaced (chat-providers.md §1.2)."""
+
+    conversation_id: str
+    address: str
+    message_id: str
+    provider_message_id: str
+    sender: Participant
+    text: str
+    created_at: datetime
+    media: tuple[MediaRef, ...] = ()
+    link: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """A delivery status for one of our outgoing messages."""
+
+    provider_message_id: str
+    status: str
+    error: str | None = None
+
+
+Event = InboundMessage | StatusEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One unit of a webhook body to record and relay: its dedupe key, the conversation it
+    belongs to (None: nothing to relay), and the raw piece the worker will parse."""
+
+    dedupe_key: str
+    conversation_id: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFile:
+    name: str
+    mime_type: str
+    data: bytes
+
+
+class ProviderAdapter(Protocol):
+    """One chat provider. Implementations are stateless apart from an HTTP client."""
+
+    name: str
+    #: Pipedrive's `provider_type` for the channel (`whatsapp`, `facebook` or `other`).
+    pipedrive_provider_type: str
+    template_support: bool
+
+    def check_credentials(self, credentials: Mapping[str, Any]) -> dict[str, Any]:
+        """The credentials to store, or InvalidCredentials naming what is missing."""
+        ...
+
+    async def describe_account(self, credentials: Mapping[str, Any]) -> tuple[str, str]:
+        """(account id, display name) as the provider knows them; checks the credentials."""
+        ...
+
+    def verify(self, channel: Channel, headers: Mapping[str, str], body: bytes, url: str) -> bool:
+        """Is this request really from the provider for this channel? Constant time."""
+        ...
+
+    def split(self, channel: Channel, body: bytes, content_type: str) -> list[Delivery]:
+        """Cut a verified body into deliveries; InvalidWebhook when it cannot be read."""
+        ...
+
+    def parse(self, channel: Channel, payload: dict[str, Any]) -> list[Event]:
+        """Turn one recorded delivery into events (may be empty: unsupported kinds)."""
+        ...
+
+    async def fetch_media(self, channel: Channel, media: MediaRef) -> bytes: ...
+
+    async def send(
+        self, channel: Channel, address: str, text: str, files: Sequence[OutgoingFile]
+    ) -> str:
+        """Send to the customer at `address`; returns the provider's message id."""
+        ...
+
+    async def register_webhook(self, channel: Channel, url: str) -> None: ...
+
+    async def remove_webhook(self, channel: Channel) -> None: ...

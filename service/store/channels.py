@@ -1,0 +1,115 @@
+"""Channels: stored with encrypted credentials; looked up by our `provider_channel_id`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.crypto import Crypto
+from service.models import Channel
+from service.store.engine import Database
+from service.store.schema import channels, utcnow
+
+
+def _row(row: sa.Row[Any], crypto: Crypto) -> Channel:
+    m = row._mapping
+    return Channel(
+        id=m["id"],
+        provider_channel_id=m["provider_channel_id"],
+        provider=m["provider"],
+        installation_id=m["installation_id"],
+        name=m["name"],
+        credentials=json.loads(crypto.decrypt(m["credentials"])),
+        webhook_secret=crypto.decrypt(m["webhook_secret"]) if m["webhook_secret"] else None,
+        account_id=m["account_id"],
+        account_name=m["account_name"],
+        pipedrive_channel_id=m["pipedrive_channel_id"],
+        status=m["status"],
+        created_at=m["created_at"],
+    )
+
+
+async def create(
+    db: Database,
+    crypto: Crypto,
+    *,
+    provider_channel_id: str,
+    provider: str,
+    installation_id: int,
+    name: str,
+    credentials: dict[str, Any],
+    webhook_secret: str | None,
+    account_id: str,
+    account_name: str,
+) -> Channel:
+    now = utcnow()
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            channels.insert().values(
+                provider_channel_id=provider_channel_id,
+                provider=provider,
+                installation_id=installation_id,
+                name=name,
+                credentials=crypto.encrypt(json.dumps(credentials)),
+                webhook_secret=crypto.encrypt(webhook_secret) if webhook_secret else None,
+                account_id=account_id,
+                account_name=account_name,
+                status="active",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    found = await get(db, crypto, provider_channel_id)
+    assert found is not None
+    return found
+
+
+async def get(
+    db: Database, crypto: Crypto, provider_channel_id: str, *, include_deleted: bool = False
+) -> Channel | None:
+    query = sa.select(channels).where(channels.c.provider_channel_id == provider_channel_id)
+    if not include_deleted:
+        query = query.where(channels.c.status == "active")
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return _row(row, crypto) if row else None
+
+
+async def get_by_id(db: Database, crypto: Crypto, channel_id: int) -> Channel | None:
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(sa.select(channels).where(channels.c.id == channel_id))).first()
+    return _row(row, crypto) if row else None
+
+
+async def list_active(db: Database, crypto: Crypto) -> list[Channel]:
+    query = sa.select(channels).where(channels.c.status == "active").order_by(channels.c.id)
+    async with db.engine.connect() as conn:
+        return [_row(r, crypto) for r in await conn.execute(query)]
+
+
+async def set_pipedrive_id(db: Database, channel_id: int, pipedrive_channel_id: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            channels.update()
+            .where(channels.c.id == channel_id)
+            .values(pipedrive_channel_id=pipedrive_channel_id, updated_at=utcnow())
+        )
+
+
+async def mark_deleted(db: Database, channel_id: int) -> bool:
+    """Soft delete (messages stay for the record); False when it already was."""
+    async with db.engine.begin() as conn:
+        result = await conn.execute(
+            channels.update()
+            .where(channels.c.id == channel_id, channels.c.status == "active")
+            .values(status="deleted", updated_at=utcnow())
+        )
+        return bool(result.rowcount)
+
+
+async def remove(db: Database, channel_id: int) -> None:
+    """Hard delete of a channel that never got registered (a failed creation)."""
+    async with db.engine.begin() as conn:
+        await conn.execute(channels.delete().where(channels.c.id == channel_id))
