@@ -1,0 +1,22 @@
+"""Chat providers. Adding one means one module and one line in `adapter_for` below."""
+
+from __future__ import annotations
+
+import httpx2
+
+from service.config import Settings
+from service.providers.base import ProviderAdapter
+from service.providers.telegram import TelegramProvider
+
+PROVIDERS = ("telegram",)
+
+
+class UnknownProvider(ValueError):
+    """No adapter by that name."""
+
+
+def adapter_for(name: str, settings: Settings, http: httpx2.AsyncClient) -> ProviderAdapter:
+    """The adapter for `name`, built on the process's HTTP client and configured base URL."""
+    if name == "telegram":
+        return TelegramProvider(settings.telegram_api_url, http)
+    raise UnknownProvider(f"unknown provider {name!r}; supported: {', '.join(PROVIDERS)}")
