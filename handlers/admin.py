@@ -11,10 +11,11 @@ from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from handlers import data_response, error_response, services
-from service import replay
+from service import channel_lifecycle, replay
 from service.crypto import constant_time_equals
 from service.logging import get_logger
-from service.store import dead_letters, installations
+from service.pipedrive.errors import PipedriveError
+from service.store import channels, dead_letters, installations
 
 log = get_logger(__name__)
 
@@ -72,6 +73,69 @@ async def replay_dead_letter(request: Request) -> Response:
     return JSONResponse({"id": dead_letter_id, "status": "enqueued"}, status_code=202)
 
 
+async def add_channel(request: Request) -> Response:
+    """Store, register at Pipedrive, hook at the provider; 201 with the webhook URL."""
+    svc = services(request)
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        provider, name = str(body["provider"]), str(body.get("name") or "").strip()
+        credentials = body.get("credentials")
+        if not name or not isinstance(credentials, dict):
+            raise ValueError("name and credentials are required")
+        company_id = int(body["company_id"]) if body.get("company_id") is not None else None
+        user_id = int(body["user_id"]) if body.get("user_id") is not None else None
+    except (ValueError, KeyError, TypeError) as error:
+        return error_response(400, "INVALID_BODY", f"expected provider, name, credentials: {error}")
+    try:
+        channel = await channel_lifecycle.add(
+            svc,
+            provider=provider,
+            name=name,
+            credentials=credentials,
+            company_id=company_id,
+            user_id=user_id,
+        )
+    except channel_lifecycle.ChannelError as error:
+        return error_response(error.status, error.code, error.message)
+    return JSONResponse(
+        channel.as_json(channel_lifecycle.webhook_url(svc, channel)), status_code=201
+    )
+
+
+async def list_channels(request: Request) -> Response:
+    svc = services(request)
+    found = await channels.list_active(svc.db, svc.crypto)
+    return data_response([c.as_json(channel_lifecycle.webhook_url(svc, c)) for c in found])
+
+
+async def remove_channel(request: Request) -> Response:
+    svc = services(request)
+    channel = await channels.get(svc.db, svc.crypto, request.path_params["provider_channel_id"])
+    if channel is None:
+        return error_response(404, "NOT_FOUND", "no such channel")
+    try:
+        await channel_lifecycle.remove(svc, channel, at_pipedrive=True)
+    except PipedriveError as error:
+        return error_response(502, "PIPEDRIVE_UNAVAILABLE", str(error))
+    return JSONResponse({"provider_channel_id": channel.provider_channel_id, "status": "deleted"})
+
+
+async def delete_conversation(request: Request) -> Response:
+    svc = services(request)
+    channel = await channels.get(svc.db, svc.crypto, request.path_params["provider_channel_id"])
+    if channel is None:
+        return error_response(404, "NOT_FOUND", "no such channel")
+    try:
+        await channel_lifecycle.delete_conversation(
+            svc, channel, request.path_params["conversation_id"]
+        )
+    except channel_lifecycle.ChannelError as error:
+        return error_response(error.status, error.code, error.message)
+    return JSONResponse({"status": "deleted"})
+
+
 async def list_installations(request: Request) -> Response:
     found = await installations.list_all(services(request).db)
     return data_response([i.as_json() for i in found])
@@ -81,6 +145,14 @@ def admin_app(token: str | None) -> ASGIApp:
     router = Router(
         routes=[
             Route("/installations", list_installations, methods=["GET"]),
+            Route("/channels", add_channel, methods=["POST"]),
+            Route("/channels", list_channels, methods=["GET"]),
+            Route("/channels/{provider_channel_id}", remove_channel, methods=["DELETE"]),
+            Route(
+                "/channels/{provider_channel_id}/conversations/{conversation_id}",
+                delete_conversation,
+                methods=["DELETE"],
+            ),
             Route("/dead-letters", list_dead_letters, methods=["GET"]),
             Route("/dead-letters/{id}/replay", replay_dead_letter, methods=["POST"]),
         ]

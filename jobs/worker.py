@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jobs import installations, maintenance, pipedrive_events
+from jobs import inbound, installations, maintenance, outbound, pipedrive_events
 from service import queue
 from service.config import Settings
 from service.context import Services
@@ -18,6 +18,9 @@ FUNCTIONS: list[queue.RegisteredJob] = [
     queue.job(pipedrive_events.pipedrive_event),
     queue.job(installations.setup_installation),
     queue.job(installations.setup_single_company),
+    queue.job(inbound.relay_conversation),
+    queue.job(outbound.deliver_outbound),
+    queue.job(outbound.remove_provider_webhook),
 ]
 
 

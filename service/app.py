@@ -12,7 +12,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from handlers import admin, error_response, health, oauth, pipedrive_webhooks
+from handlers import (
+    admin,
+    error_response,
+    health,
+    manifest,
+    media,
+    oauth,
+    pipedrive_webhooks,
+    provider_webhooks,
+)
 from service.config import Settings
 from service.context import Services
 from service.logging import get_logger
@@ -23,8 +32,8 @@ log = get_logger(__name__)
 
 #: Webhook and API bodies are small; anything larger is refused before it is read.
 DEFAULT_BODY_LIMIT = 1024 * 1024
-#: Routes that accept more, by path prefix (first match wins).
-BODY_LIMITS: tuple[tuple[str, int], ...] = ()
+#: Routes that accept more, by path prefix (first match wins): postMessage carries files.
+BODY_LIMITS: tuple[tuple[str, int], ...] = (("/pipedrive/channels/", 45 * 1024 * 1024),)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -43,6 +52,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             await Services.start(settings, metrics=metrics) if services is None else services
         )
         app.state.schema_at_head = False
+        app.state.media_store = app.state.services.media
         if settings.single_company:
             # Learn the token's company and create its webhooks (once; the job key dedupes).
             try:
@@ -66,6 +76,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             *health.routes,
             *oauth.routes,
             *pipedrive_webhooks.routes,
+            *provider_webhooks.routes,
+            *manifest.routes,
+            *media.routes,
             Mount("/admin", app=admin.admin_app(token)),
         ],
         lifespan=lifespan,
@@ -74,6 +87,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     if services is not None:
         app.state.services = services  # usable without running the lifespan (in-process tests)
         app.state.schema_at_head = False
+        app.state.media_store = services.media
     app.user_middleware.insert(
         0,
         Middleware(

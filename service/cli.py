@@ -166,6 +166,56 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
+    from service.pipedrive.manifest import manifest
+
+    _print_json(manifest(settings.base_url))
+    return 0
+
+
+def cmd_channels(settings: Settings, args: argparse.Namespace) -> int:
+    """The admin API's channel operations, run in this process against the same state."""
+    from service import channel_lifecycle
+    from service.context import Services
+    from service.store import channels
+
+    async def go() -> int:
+        services = await Services.start(settings)
+        try:
+            if args.action == "list":
+                found = await channels.list_active(services.db, services.crypto)
+                _print_json([c.as_json(channel_lifecycle.webhook_url(services, c)) for c in found])
+                return 0
+            if args.action == "remove":
+                channel = await channels.get(services.db, services.crypto, args.id)
+                if channel is None:
+                    sys.stderr.write(f"pdbridge: no channel {args.id}\n")
+                    return 1
+                await channel_lifecycle.remove(services, channel, at_pipedrive=True)
+                _print_json({"provider_channel_id": args.id, "status": "deleted"})
+                return 0
+            credentials = dict(pair.split("=", 1) for pair in args.credential)
+            channel = await channel_lifecycle.add(
+                services,
+                provider=args.provider,
+                name=args.name,
+                credentials=credentials,
+                company_id=args.company_id,
+                user_id=args.user_id,
+            )
+            _print_json(channel.as_json(channel_lifecycle.webhook_url(services, channel)))
+            return 0
+        except channel_lifecycle.ChannelError as error:
+            sys.stderr.write(f"pdbridge: {error.code}: {error.message}\n")
+            return 1
+        finally:
+            await services.close()
+
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL: channel commands need the Redis the service uses")
+    return asyncio.run(go())
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
@@ -181,9 +231,29 @@ def parser() -> argparse.ArgumentParser:
         "web": (cmd_web, "the HTTP service only"),
         "worker": (cmd_worker, "one queue worker only"),
         "migrate": (cmd_migrate, "apply database migrations and exit"),
+        "manifest": (cmd_manifest, "print the Messaging manifest JSON for PUBLIC_BASE_URL"),
     }
     for name, (function, help_text) in commands.items():
         sub.add_parser(name, help=help_text).set_defaults(func=function)
+    chans = sub.add_parser("channels", help="add, list and remove channels")
+    chans.set_defaults(func=cmd_channels)
+    chan_actions = chans.add_subparsers(dest="action", required=True)
+    adding = chan_actions.add_parser("add", help="connect a provider account as a channel")
+    adding.add_argument("provider", choices=["telegram", "whatsapp", "twilio"])
+    adding.add_argument("--name", required=True)
+    adding.add_argument(
+        "--credential",
+        "-c",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a provider credential, e.g. -c bot_token=123:ABC (repeat for more)",
+    )
+    adding.add_argument("--company-id", type=int)
+    adding.add_argument("--user-id", type=int)
+    chan_actions.add_parser("list", help="print the active channels as JSON")
+    removing = chan_actions.add_parser("remove", help="remove at Pipedrive, the provider and here")
+    removing.add_argument("id", help="the provider_channel_id")
     letters = sub.add_parser("dead-letters", help="inspect and replay failed work")
     letters.set_defaults(func=cmd_dead_letters)
     actions = letters.add_subparsers(dest="action", required=True)

@@ -8,11 +8,14 @@ import httpx2
 
 from service.config import Settings
 from service.crypto import Crypto
+from service.media import LocalMediaStore, MediaStore
 from service.metrics import Metrics
 from service.pipedrive.client import PipedriveClient, http_client
 from service.pipedrive.oauth import OAuthClient
 from service.pipedrive.ratelimit import RateLimiter
 from service.pipedrive.tokens import TokenManager
+from service.providers import adapter_for
+from service.providers.base import ProviderAdapter
 from service.queue import Queue
 from service.store import Database
 
@@ -28,8 +31,13 @@ class Services:
     http: httpx2.AsyncClient
     oauth: OAuthClient
     pipedrive: PipedriveClient
+    media: MediaStore
     metrics: Metrics = field(default_factory=Metrics)
     owns_queue: bool = True
+
+    def adapter(self, provider: str) -> ProviderAdapter:
+        """The provider's adapter (raises UnknownProvider)."""
+        return adapter_for(provider, self.settings, self.http)
 
     @classmethod
     def create(
@@ -55,6 +63,7 @@ class Services:
             http=http,
             oauth=oauth,
             pipedrive=pipedrive,
+            media=LocalMediaStore(),
             metrics=metrics or Metrics(),
             owns_queue=owns_queue,
         )

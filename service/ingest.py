@@ -21,13 +21,39 @@ def job_key(source: Source, dedupe_key: str) -> str:
 
 
 async def accept(
-    services: Services, *, source: Source, dedupe_key: str, job: str, payload: dict[str, Any]
+    services: Services,
+    *,
+    source: Source,
+    dedupe_key: str,
+    job: str,
+    payload: dict[str, Any],
+    conversation_key: str | None = None,
 ) -> bool:
     """Record and enqueue one delivery; False when it was a duplicate already queued."""
     if not await deliveries.record(
-        services.db, source=source, dedupe_key=dedupe_key, job=job, payload=payload
+        services.db,
+        source=source,
+        dedupe_key=dedupe_key,
+        job=job,
+        payload=payload,
+        conversation_key=conversation_key,
     ):
         return False
     await services.queue.enqueue(job, payload, key=job_key(source, dedupe_key))
     await deliveries.mark_enqueued(services.db, source=source, dedupe_key=dedupe_key)
     return True
+
+
+async def acknowledge_only(
+    services: Services, *, source: Source, dedupe_key: str, payload: dict[str, Any]
+) -> None:
+    """Record a delivery there is nothing to do for (a group chat, a kind we do not relay), so
+    that it is deduped and visible, without queueing work."""
+    await deliveries.record(
+        services.db,
+        source=source,
+        dedupe_key=dedupe_key,
+        job="none",
+        payload=payload,
+        status="done",
+    )

@@ -17,3 +17,5 @@ REFRESH_LOCK = "pdbridge:lock:refresh:"
 CODE_LOCK = "pdbridge:lock:oauth-code:"
 #: Set while a daily-budget probe is scheduled for an installation, so only one is.
 BUDGET_PROBE = "pdbridge:budget-probe:"
+#: One relay at a time per conversation, so messages reach Pipedrive in order.
+CONVERSATION_LOCK = "pdbridge:lock:conversation:"

@@ -126,6 +126,10 @@ class ProviderAdapter(Protocol):
         """(account id, display name) as the provider knows them; checks the credentials."""
         ...
 
+    def new_webhook_secret(self) -> str | None:
+        """A secret to register with the webhook, when the provider takes one (Telegram)."""
+        ...
+
     def verify(self, channel: Channel, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         """Is this request really from the provider for this channel? Constant time."""
         ...

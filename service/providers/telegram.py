@@ -73,7 +73,7 @@ class TelegramProvider:
             raise InvalidCredentials("Telegram refused the bot token") from None
         return str(me["id"]), str(me.get("username") or me.get("first_name") or "Telegram bot")
 
-    def new_webhook_secret(self) -> str:
+    def new_webhook_secret(self) -> str | None:
         return secrets.token_urlsafe(48)[:64]
 
     async def register_webhook(self, channel: Channel, url: str) -> None:

@@ -20,7 +20,14 @@ Source = Literal["pipedrive", "telegram", "whatsapp", "twilio"]
 
 
 async def record(
-    db: Database, *, source: Source, dedupe_key: str, job: str, payload: dict[str, Any]
+    db: Database,
+    *,
+    source: Source,
+    dedupe_key: str,
+    job: str,
+    payload: dict[str, Any],
+    conversation_key: str | None = None,
+    status: str = "received",
 ) -> bool:
     """Record a delivery; True when it still needs enqueueing (new, or recorded but not queued)."""
     now = utcnow()
@@ -30,7 +37,8 @@ async def record(
                 inbound_deliveries.insert().values(
                     source=source,
                     dedupe_key=dedupe_key,
-                    status="received",
+                    conversation_key=conversation_key,
+                    status=status,
                     job=job,
                     payload=payload,
                     received_at=now,
@@ -105,3 +113,32 @@ async def count_by_status(db: Database, source: Source) -> dict[str, int]:
     )
     async with db.engine.connect() as conn:
         return {str(status): int(n) for status, n in await conn.execute(query)}
+
+
+async def pending_for_conversation(
+    db: Database, source: Source, conversation_key: str
+) -> list[dict[str, Any]]:
+    """Deliveries of one conversation not yet relayed, in the order they arrived."""
+    query = (
+        sa.select(inbound_deliveries)
+        .where(
+            inbound_deliveries.c.source == source,
+            inbound_deliveries.c.conversation_key == conversation_key,
+            inbound_deliveries.c.status.in_(("received", "enqueued")),
+        )
+        .order_by(inbound_deliveries.c.id)
+    )
+    async with db.engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def set_status(db: Database, *, source: Source, dedupe_key: str, status: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            inbound_deliveries.update()
+            .where(
+                inbound_deliveries.c.source == source,
+                inbound_deliveries.c.dedupe_key == dedupe_key,
+            )
+            .values(status=status, updated_at=utcnow())
+        )

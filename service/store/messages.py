@@ -164,3 +164,14 @@ async def count(db: Database, conversation_id: int) -> int:
     query = sa.select(sa.func.count()).where(messages.c.conversation_id == conversation_id)
     async with db.engine.connect() as conn:
         return int((await conn.execute(query)).scalar_one())
+
+
+async def set_attachments(
+    db: Database, message_id: int, attachments: Sequence[StoredAttachment]
+) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            messages.update()
+            .where(messages.c.id == message_id)
+            .values(attachments=_as_json(attachments), updated_at=utcnow())
+        )

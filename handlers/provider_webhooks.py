@@ -1,0 +1,85 @@
+"""`POST /webhooks/{provider}/{provider_channel_id}`: chat providers' webhooks.
+
+Verify (401, or 403 where the provider's convention says so, and nothing recorded), split into
+deliveries, record each with its dedupe key, queue a relay of its conversation, answer 2xx.
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from handlers import error_response, services
+from service import ingest
+from service.logging import get_logger
+from service.providers import PROVIDERS
+from service.providers.base import InvalidWebhook
+from service.store import channels
+
+log = get_logger(__name__)
+
+#: Providers whose convention answers a bad signature with 403 rather than 401.
+_FORBIDDEN_ON_BAD_SIGNATURE = frozenset({"twilio"})
+
+
+async def receive(request: Request) -> Response:
+    svc = services(request)
+    provider = request.path_params["provider"]
+    provider_channel_id = request.path_params["provider_channel_id"]
+    channel = await channels.get(svc.db, svc.crypto, provider_channel_id)
+    if provider not in PROVIDERS or channel is None or channel.provider != provider:
+        return error_response(404, "NOT_FOUND", "no such channel")
+    adapter = svc.adapter(provider)
+    body = await request.body()
+    url = f"{svc.settings.base_url}{request.url.path}"
+    if request.url.query:
+        url += f"?{request.url.query}"
+    if not adapter.verify(channel, request.headers, body, url):
+        log.warning("provider_webhook.unauthorized", provider=provider, channel=provider_channel_id)
+        status = 403 if provider in _FORBIDDEN_ON_BAD_SIGNATURE else 401
+        return error_response(status, "UNAUTHORIZED", "webhook authentication failed")
+    try:
+        found = adapter.split(channel, body, request.headers.get("content-type", ""))
+    except InvalidWebhook as error:
+        log.warning("provider_webhook.invalid", provider=provider, reason=str(error))
+        return error_response(400, "INVALID_PAYLOAD", str(error))
+    installation_company = channel.installation_id
+    try:
+        for delivery in found:
+            if delivery.conversation_id is None:
+                await ingest.acknowledge_only(
+                    svc,
+                    source=channel.provider,
+                    dedupe_key=delivery.dedupe_key,
+                    payload=delivery.payload,
+                )
+                continue
+            accepted = await ingest.accept(
+                svc,
+                source=channel.provider,
+                dedupe_key=delivery.dedupe_key,
+                job="relay_conversation",
+                payload={
+                    "channel_id": channel.id,
+                    "installation_id": installation_company,
+                    "conversation_key": delivery.conversation_id,
+                    "raw": delivery.payload,
+                },
+                conversation_key=delivery.conversation_id,
+            )
+            log.info(
+                "provider_webhook.received",
+                provider=provider,
+                channel=provider_channel_id,
+                duplicate=not accepted,
+            )
+    except (RedisError, SQLAlchemyError, OSError) as error:
+        log.error("provider_webhook.not_stored", provider=provider, error=str(error))
+        return error_response(503, "UNAVAILABLE", "the update could not be stored; retry later")
+    return Response(status_code=200)
+
+
+routes = [Route("/webhooks/{provider}/{provider_channel_id}", receive, methods=["POST"])]

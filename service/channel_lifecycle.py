@@ -1,0 +1,164 @@
+"""Adding and removing channels: stored here, registered at Pipedrive, hooked at the provider.
+
+These run on an operator's request (admin API, CLI) and need Pipedrive's answer to report
+back, so they call out inline, unlike the webhook paths. A step that fails undoes the earlier
+ones: no channel exists half-registered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from service.context import Services
+from service.logging import get_logger
+from service.models import Channel
+from service.pipedrive import channels as pipedrive_channels
+from service.pipedrive.errors import Forbidden, PipedriveError
+from service.providers import UnknownProvider
+from service.providers.base import InvalidCredentials, ProviderError
+from service.store import channels, conversations, installations
+from service.store.installations import Installation
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ChannelError(Exception):
+    """A refused channel operation, with the HTTP status and code the admin API answers."""
+
+    status: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def webhook_url(services: Services, channel: Channel) -> str:
+    return f"{services.settings.base_url}/webhooks/{channel.provider}/{channel.provider_channel_id}"
+
+
+async def _installation(
+    services: Services, company_id: int | None, user_id: int | None
+) -> Installation:
+    if company_id is not None and user_id is not None:
+        inst = await installations.find(services.db, company_id, user_id)
+        if inst is None:
+            raise ChannelError(404, "NOT_FOUND", f"no installation for {company_id}:{user_id}")
+    elif services.settings.single_company:
+        api_base = services.settings.pipedrive_api_url or "https://api.pipedrive.com"
+        user = await services.pipedrive.whoami(api_base)
+        inst = await installations.ensure_api_token_install(
+            services.db,
+            company_id=int(user["company_id"]),
+            user_id=int(user["id"]),
+            api_domain=api_base,
+            company_domain=user.get("company_domain"),
+        )
+    else:
+        raise ChannelError(400, "INVALID_BODY", "company_id and user_id are required")
+    if inst.status != "active":
+        raise ChannelError(409, "INSTALLATION_INACTIVE", f"the installation is {inst.status}")
+    return inst
+
+
+async def add(
+    services: Services,
+    *,
+    provider: str,
+    name: str,
+    credentials: dict[str, Any],
+    company_id: int | None = None,
+    user_id: int | None = None,
+) -> Channel:
+    """Store the channel, register it with Pipedrive, then register our webhook at the provider."""
+    try:
+        adapter = services.adapter(provider)
+        checked = adapter.check_credentials(credentials)
+    except (UnknownProvider, InvalidCredentials) as error:
+        raise ChannelError(400, "INVALID_BODY", str(error)) from None
+    inst = await _installation(services, company_id, user_id)
+    try:
+        account_id, account_name = await adapter.describe_account(checked)
+    except InvalidCredentials as error:
+        raise ChannelError(400, "INVALID_CREDENTIALS", str(error)) from None
+    except ProviderError as error:
+        raise ChannelError(502, "PROVIDER_UNAVAILABLE", str(error)) from None
+    channel = await channels.create(
+        services.db,
+        services.crypto,
+        provider_channel_id=str(uuid.uuid4()),
+        provider=provider,
+        installation_id=inst.id,
+        name=name,
+        credentials=checked,
+        webhook_secret=adapter.new_webhook_secret(),
+        account_id=account_id,
+        account_name=account_name,
+    )
+    try:
+        registered = await pipedrive_channels.register(
+            services.pipedrive,
+            inst,
+            channel,
+            provider_type=adapter.pipedrive_provider_type,
+            template_support=adapter.template_support,
+        )
+    except pipedrive_channels.ChannelRegistrationError as error:
+        await channels.remove(services.db, channel.id)
+        status = 403 if error.code == "ADMIN_ONLY" else 400
+        raise ChannelError(status, error.code or "PIPEDRIVE_REFUSED", str(error)) from None
+    except PipedriveError as error:
+        await channels.remove(services.db, channel.id)
+        raise ChannelError(502, "PIPEDRIVE_UNAVAILABLE", str(error)) from None
+    await channels.set_pipedrive_id(services.db, channel.id, str(registered.get("id", "")))
+    try:
+        await adapter.register_webhook(channel, webhook_url(services, channel))
+    except ProviderError as error:
+        await pipedrive_channels.delete(services.pipedrive, inst, channel)
+        await channels.remove(services.db, channel.id)
+        raise ChannelError(502, "PROVIDER_WEBHOOK_FAILED", str(error)) from None
+    found = await channels.get(services.db, services.crypto, channel.provider_channel_id)
+    assert found is not None
+    log.info(
+        "channel.added", channel=found.provider_channel_id, provider=provider, account=account_id
+    )
+    return found
+
+
+async def remove(services: Services, channel: Channel, *, at_pipedrive: bool) -> None:
+    """Remove at Pipedrive (unless Pipedrive asked us), at the provider, then locally."""
+    if at_pipedrive:
+        inst = await installations.get(services.db, channel.installation_id)
+        if inst is not None and inst.status == "active":
+            await pipedrive_channels.delete(services.pipedrive, inst, channel)
+    try:
+        await services.adapter(channel.provider).remove_webhook(channel)
+    except ProviderError as error:
+        log.warning(
+            "channel.webhook_not_removed", channel=channel.provider_channel_id, error=str(error)
+        )
+    await channels.mark_deleted(services.db, channel.id)
+    log.info("channel.removed", channel=channel.provider_channel_id, at_pipedrive=at_pipedrive)
+
+
+async def delete_conversation(services: Services, channel: Channel, conversation_id: str) -> None:
+    """Delete one conversation in Pipedrive with the channel owner's token, then close it here."""
+    conversation = await conversations.get(services.db, channel.id, conversation_id)
+    if conversation is None:
+        raise ChannelError(404, "NOT_FOUND", f"no conversation {conversation_id}")
+    owner = await installations.get(services.db, channel.installation_id)
+    assert owner is not None
+    try:
+        await pipedrive_channels.delete_conversation(
+            services.pipedrive, owner, channel, conversation_id
+        )
+    except Forbidden as error:
+        raise ChannelError(
+            403,
+            error.code or "FORBIDDEN_USER_REQUEST",
+            "only the app owner can delete conversations",
+        ) from None
+    await conversations.close(services.db, conversation.id)

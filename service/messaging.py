@@ -1,0 +1,253 @@
+"""The bridge's core: chat messages in and out, in order, with statuses that only move forward.
+
+Inbound: a conversation's recorded deliveries are relayed by one worker at a time (a Redis lock
+per conversation) in the order they arrived, so several workers never reorder a chat. For each
+message the conversation and its participants are stored first (Pipedrive may call
+getConversationById as soon as `receive` names it), the media is re-hosted, and then `receive`
+is called. A message that reached Pipedrive once is never sent again.
+
+Outbound: postMessage stores a `pending` message and queues its delivery; the worker sends it
+through the provider, then reports `sent` (or `failed`) with the same id through `receive`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service import redis_keys
+from service.context import Services
+from service.logging import get_logger
+from service.media import media_url, new_media_key
+from service.models import Channel, Conversation, Message, Participant, StoredAttachment
+from service.pipedrive import channels as pipedrive_channels
+from service.providers.base import (
+    InboundMessage,
+    OutgoingFile,
+    ProviderPermanent,
+    ProviderTransient,
+    StatusEvent,
+)
+from service.store import channels, conversations, deliveries, installations, messages
+from service.store.installations import Installation
+
+log = get_logger(__name__)
+
+CONVERSATION_LOCK_SECONDS = 300.0
+
+
+def source_user(channel: Channel) -> Participant:
+    return Participant(channel.source_user_id, channel.account_name or channel.name, "source_user")
+
+
+def attachment_json(services: Services, attachment: StoredAttachment) -> dict[str, Any]:
+    """An attachment as Pipedrive gets it: a signed link of ours, fresh on every call."""
+    return {
+        "id": attachment.id,
+        "type": attachment.mime_type,
+        "name": attachment.name,
+        "size": attachment.size,
+        "url": media_url(
+            services.settings.base_url,
+            services.crypto,
+            attachment.key,
+            attachment.mime_type,
+            attachment.name,
+        ),
+        "preview_url": None,
+        "link_expires": True,
+    }
+
+
+def receive_payload(
+    services: Services, channel: Channel, conversation: Conversation, message: Message
+) -> dict[str, Any]:
+    """The `receive` body (ChannelsReceiveMessageRequest) for a message at its current status."""
+    payload: dict[str, Any] = {
+        "id": message.external_id,
+        "channel_id": channel.provider_channel_id,
+        "sender_id": message.sender_id,
+        "conversation_id": conversation.external_id,
+        "message": message.text,
+        "status": "sent" if message.status == "pending" else message.status,
+        "created_at": pipedrive_channels.receive_time(message.created_at),
+        "attachments": [attachment_json(services, a) for a in message.attachments],
+    }
+    if conversation.link:
+        payload["conversation_link"] = conversation.link
+    return payload
+
+
+async def _installation(services: Services, channel: Channel) -> Installation:
+    inst = await installations.get(services.db, channel.installation_id)
+    assert inst is not None  # a channel's installation row outlives it (foreign key)
+    return inst
+
+
+async def push(services: Services, channel: Channel, message: Message) -> None:
+    """Tell Pipedrive about the message at its stored status (idempotent: an upsert by id)."""
+    conversation = await conversations.get_by_pk(services.db, message.conversation_id)
+    assert conversation is not None
+    await pipedrive_channels.receive(
+        services.pipedrive,
+        await _installation(services, channel),
+        receive_payload(services, channel, conversation, message),
+    )
+    await messages.mark_pushed(services.db, message.id, message.status)
+    log.info(
+        "message.pushed",
+        channel=channel.provider_channel_id,
+        message_id=message.external_id,
+        status=message.status,
+        direction=message.direction,
+    )
+
+
+async def relay_conversation(services: Services, channel: Channel, conversation_key: str) -> int:
+    """Relay every pending delivery of one conversation, oldest first; returns how many."""
+    lock = services.queue.redis.lock(
+        f"{redis_keys.CONVERSATION_LOCK}{channel.id}:{conversation_key}",
+        timeout=CONVERSATION_LOCK_SECONDS,
+        blocking_timeout=CONVERSATION_LOCK_SECONDS,
+    )
+    adapter = services.adapter(channel.provider)
+    relayed = 0
+    async with lock:
+        source = channel.provider
+        pending = await deliveries.pending_for_conversation(services.db, source, conversation_key)
+        for row in pending:
+            raw = row["payload"].get("raw", row["payload"])
+            for event in adapter.parse(channel, raw):
+                if isinstance(event, InboundMessage):
+                    await relay_inbound(services, channel, event)
+                elif isinstance(event, StatusEvent):
+                    await apply_status(services, channel, event)
+            await deliveries.set_status(
+                services.db, source=source, dedupe_key=row["dedupe_key"], status="done"
+            )
+            relayed += 1
+    return relayed
+
+
+async def relay_inbound(services: Services, channel: Channel, event: InboundMessage) -> Message:
+    """Store the conversation, participants, message and media, then `receive` it (once)."""
+    conversation = await conversations.upsert(
+        services.db,
+        channel_id=channel.id,
+        external_id=event.conversation_id,
+        address=event.address,
+        link=event.link,
+        people=[source_user(channel), event.sender],
+        activity_at=event.created_at,
+        inbound=True,
+    )
+    message, created = await messages.insert(
+        services.db,
+        channel_id=channel.id,
+        conversation_id=conversation.id,
+        external_id=event.message_id,
+        provider_message_id=event.provider_message_id,
+        direction="in",
+        sender_id=event.sender.external_id,
+        text=event.text,
+        attachments=(),
+        status="sent",
+        created_at=event.created_at,
+    )
+    if not created and message.pushed_status is not None:
+        log.info(
+            "message.duplicate", channel=channel.provider_channel_id, message_id=message.external_id
+        )
+        return message
+    if event.media and not message.attachments:
+        stored = await _rehost(services, channel, event, message.external_id)
+        await messages.set_attachments(services.db, message.id, stored)
+        refreshed = await messages.get_by_pk(services.db, message.id)
+        assert refreshed is not None
+        message = refreshed
+    await push(services, channel, message)
+    return message
+
+
+async def _rehost(
+    services: Services, channel: Channel, event: InboundMessage, message_id: str
+) -> list[StoredAttachment]:
+    adapter = services.adapter(channel.provider)
+    stored = []
+    for index, ref in enumerate(event.media):
+        data = await adapter.fetch_media(channel, ref)
+        key = new_media_key(ref.mime_type)
+        await services.media.put(key, data)
+        stored.append(
+            StoredAttachment(
+                id=f"{message_id}:a{index}",
+                key=key,
+                mime_type=ref.mime_type,
+                name=ref.name,
+                size=len(data),
+            )
+        )
+    return stored
+
+
+async def apply_status(services: Services, channel: Channel, event: StatusEvent) -> bool:
+    """A provider status for one of our messages: stored and pushed only if it moves forward."""
+    message = await messages.find_by_provider_id(services.db, channel.id, event.provider_message_id)
+    if message is None:
+        log.info("status.unknown_message", provider_message_id=event.provider_message_id)
+        return False
+    return await advance(services, channel, message, event.status, error=event.error)
+
+
+async def advance(
+    services: Services,
+    channel: Channel,
+    message: Message,
+    status: str,
+    *,
+    error: str | None = None,
+    provider_message_id: str | None = None,
+) -> bool:
+    """Move a message's status forward and tell Pipedrive; regressions and repeats are dropped."""
+    moved = await messages.advance_status(
+        services.db, message.id, status, error=error, provider_message_id=provider_message_id
+    )
+    if not moved:
+        log.info(
+            "status.ignored", message_id=message.external_id, current=message.status, new=status
+        )
+        return False
+    updated = await messages.get_by_pk(services.db, message.id)
+    assert updated is not None
+    await push(services, channel, updated)
+    return True
+
+
+async def deliver_outbound(services: Services, message_id: int, *, last_try: bool) -> str:
+    """Send a pending outgoing message through its provider and report the result."""
+    message = await messages.get_by_pk(services.db, message_id)
+    if message is None or message.status != "pending":
+        return "skipped"
+    channel = await channels.get_by_id(services.db, services.crypto, message.channel_id)
+    conversation = await conversations.get_by_pk(services.db, message.conversation_id)
+    assert channel is not None
+    assert conversation is not None
+
+    files = [
+        OutgoingFile(a.name, a.mime_type, await services.media.get(a.key))
+        for a in message.attachments
+    ]
+    try:
+        provider_id = await services.adapter(channel.provider).send(
+            channel, conversation.address, message.text, files
+        )
+    except ProviderPermanent as error:
+        log.warning("outbound.failed", message_id=message.external_id, reason=str(error))
+        await advance(services, channel, message, "failed", error=str(error))
+        return "failed"
+    except ProviderTransient as error:
+        if last_try:
+            await advance(services, channel, message, "failed", error=str(error))
+        raise
+    await conversations.touch(services.db, conversation.id, message.created_at)
+    await advance(services, channel, message, "sent", provider_message_id=provider_id)
+    return "sent"
