@@ -73,8 +73,38 @@ Every request that reaches the OAuth or API routes is recorded in ``requests``. 
 injectable ``clock`` plus whatever ``advance(seconds)`` added (code/token expiry, burst windows and
 the daily reset, which is at midnight UTC: Pipedrive's server timezone is not documented).
 
-Not modelled: webhook deliveries, Pipedrive's calls to the manifest endpoints (e.g.
-getConversationById after a receive for a new conversation), the uninstall notice, API v2, the
+Manifest callbacks (messaging doc §2.1, §2.2, §3, §4.2, §4.3)
+- ``set_manifest(manifest)`` takes what ``pdbridge manifest`` prints (``{"version": "v202101",
+  "endpoints": {key: absolute URL with :variables}}``) and checks it as Developer Hub would: known
+  keys, the three required endpoints, each URL with exactly its documented ``:variables`` (§3.1).
+  Until then (the default) the stand-in calls nothing.
+- A successful ``POST /v1/channels`` queues ``getConversations`` for the channel
+  (``conversations_limit=30&messages_limit=30``) and follows ``additional_data.after`` for at most
+  10 pages; paging stops at an answer with problems or a cursor seen before. The conversations of
+  a page without problems count as seen. How many pages Pipedrive follows is unconfirmed (§3.4).
+- A successful ``receive`` whose ``conversation_id`` the channel has not seen queues
+  ``getConversationById`` (``messages_limit=30``). The conversation counts as seen from then on,
+  whatever the answer (what Pipedrive does after a failed fetch is undocumented). Deleting the
+  conversation or the channel forgets it.
+- One worker thread makes the queued calls in order with httpx2 (10 s timeout, proxy settings of
+  the environment ignored) and HTTP Basic client_id:client_secret (§3.2). The request that
+  triggered them never waits: whether Pipedrive calls back during or after it is unconfirmed
+  (§3.5), so the app must answer while its own call is in flight.
+- Each answer is checked by ``response_problems`` / ``manifest_problems``: HTTP 200, a JSON body,
+  the ``{success: true, data}`` envelope (getMessageById: a bare Message) and the §3.3 shapes as
+  Draft 2020-12 schemas (``CONVERSATION_SCHEMA``, ``MESSAGE_SCHEMA``, ``PARTICIPANT_SCHEMA``, ...),
+  then the rules a schema cannot state: every message's ``sender_id`` is a participant's id, ids
+  are unique within their list, the answer is about the id in the path, the query's limits hold.
+  A non-200 answer is also checked against the error envelope ``{success: false, data: {code,
+  message}}`` and the documented code for its status (§3.2). Results land in ``callbacks``;
+  ``wait_for_callbacks(n)`` and ``wait_for_idle()`` wait for them.
+- ``call_manifest()`` and ``post_message()`` play the Pipedrive UI: synchronous calls to any
+  manifest endpoint (postMessage as multipart/form-data: ``message``, ``senderId``,
+  ``conversationId``, repeated ``recipientIds[]``, file parts named ``files``). Their answers are
+  returned, not recorded: check them with ``response_problems``.
+
+Not modelled: webhook deliveries, the getSenderById / getTemplates calls after registration
+(§4.2 step 3), HEAD checks of expiring links and avatars, the uninstall notice, API v2, the
 ``exchange_api_token`` grant, the search burst limit and the legacy ``x-daily-requests-left``.
 """
 
@@ -83,9 +113,12 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import enum
 import http
 import json
 import math
+import queue
+import re
 import secrets
 import socket
 import threading
@@ -94,29 +127,51 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import httpx2
 import uvicorn
-from jsonschema import Draft7Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 from jsonschema.exceptions import best_match
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
 
+    from jsonschema.protocols import Validator
     from starlette.requests import Request
+    from starlette.types import ASGIApp
 
 __all__ = [
+    "ATTACHMENT_SCHEMA",
     "CLOUDFLARE_BLOCK_HTML",
+    "CONVERSATIONS_RESPONSE_SCHEMA",
+    "CONVERSATION_RESPONSE_SCHEMA",
+    "CONVERSATION_SCHEMA",
     "CREATE_CHANNEL_REQUEST_SCHEMA",
     "DEFAULT_SCOPES",
+    "DELETE_CHANNEL_RESPONSE_SCHEMA",
+    "ERROR_RESPONSE_SCHEMA",
+    "MANIFEST_ENDPOINTS",
+    "MANIFEST_ERROR_CODES",
+    "MANIFEST_RESPONSE_SCHEMAS",
+    "MESSAGE_SCHEMA",
+    "PARTICIPANT_SCHEMA",
+    "POST_MESSAGE_RESPONSE_SCHEMA",
     "RECEIVE_MESSAGE_REQUEST_SCHEMA",
+    "SENDER_RESPONSE_SCHEMA",
+    "TEMPLATES_RESPONSE_SCHEMA",
+    "Callback",
     "PipedriveStandin",
     "RecordedRequest",
+    "ServerThread",
+    "error_problems",
+    "manifest_problems",
+    "response_problems",
 ]
 
 ERROR_INFO: Final = "Please check developers.pipedrive.com"
@@ -245,6 +300,461 @@ def _receive_schema(require_attachments: bool) -> dict[str, Any]:
     return schema
 
 
+# ---------------------------------------------------------------------- the messaging manifest
+
+MANIFEST_VERSION: Final = "v202101"  # the only value ever seen (messaging doc §3.1)
+# Manifest key → (HTTP method, the :variables its URL must contain) (messaging doc §3.1).
+MANIFEST_ENDPOINTS: Final[Mapping[str, tuple[str, tuple[str, ...]]]] = {
+    "getConversations": ("GET", ("providerChannelId",)),
+    "getConversationById": ("GET", ("providerChannelId", "sourceConversationId")),
+    "postMessage": ("POST", ("providerChannelId",)),
+    "getSenderById": ("GET", ("providerChannelId", "senderId")),
+    "deleteChannelById": ("DELETE", ("providerChannelId",)),
+    "getTemplates": ("GET", ("providerChannelId",)),
+    "getMessageById": ("GET", ("providerChannelId", "sourceConversationId", "sourceMessageId")),
+}
+REQUIRED_MANIFEST_ENDPOINTS: Final = ("getConversations", "getConversationById", "postMessage")
+CALLBACK_TIMEOUT_SECONDS: Final = 10.0
+CALLBACK_PAGE_LIMIT: Final = 10  # getConversations pages followed after one registration
+CALLBACK_CONVERSATIONS_LIMIT: Final = 30  # the documented defaults (§3.4, §3.5)
+CALLBACK_MESSAGES_LIMIT: Final = 30
+_MANIFEST_VARIABLE: Final = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+
+# The manifest answer shapes of messaging doc §3.3-§3.10, as JSON Schema Draft 2020-12. Extra
+# properties are allowed: the doc never says Pipedrive rejects them. Rules no schema can state
+# (senders among the participants, unique ids, ids matching the path) are in manifest_problems().
+_ID: Final[dict[str, Any]] = {"type": "string", "minLength": 1}
+_URL_OR_EMPTY: Final[dict[str, Any]] = {"type": "string", "pattern": r"^(https?://\S+)?$"}
+# Times in manifest answers: "YYYY-MM-DD HH:MM" (the spec text) or ISO 8601 (its examples, §7.3).
+_TIME_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$"
+
+ATTACHMENT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["id", "type", "url"],
+    "properties": {
+        "id": _ID,
+        "type": {"type": "string", "pattern": r"^[\w.+-]+/[\w.+-]+"},  # a MIME type
+        "url": {"type": "string", "pattern": r"^https?://\S+$"},  # Pipedrive must reach it
+        "name": {"type": ["string", "null"]},
+        "size": {"type": ["number", "null"]},
+        "preview_url": {"type": ["string", "null"]},
+        "link_expires": {"type": "boolean"},
+    },
+}
+MESSAGE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["id", "status", "created_at", "message", "sender_id"],
+    "properties": {
+        "id": _ID,
+        "status": {"enum": ["sent", "delivered", "read", "failed"]},
+        "created_at": {"type": "string", "pattern": _TIME_PATTERN},
+        "message": {"type": "string"},
+        "sender_id": _ID,
+        # null: what receive's validator accepts (§2.2); the §3.3 table only says "optional".
+        "reply_by": {"type": ["string", "null"], "pattern": _TIME_PATTERN},
+        "attachments": {"type": "array", "items": ATTACHMENT_SCHEMA},
+    },
+}
+PARTICIPANT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["id", "name", "role"],
+    "properties": {
+        "id": _ID,
+        "name": {"type": "string"},
+        "role": {"enum": ["source_user", "end_user"]},
+        "avatar_url": _URL_OR_EMPTY,
+        "fetch_avatar": {"type": "boolean"},
+        "avatar_expires": {"type": "boolean"},
+    },
+}
+
+
+def _role(role: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["role"], "properties": {"role": {"const": role}}}
+
+
+CONVERSATION_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    # participants is not in the doc's "Required" list, but "exactly one source_user" needs it.
+    "required": ["id", "link", "status", "seen", "participants"],
+    "properties": {
+        "id": _ID,
+        "link": _URL_OR_EMPTY,  # "" when there is no external link; the key is required
+        "status": {"enum": ["open", "closed"]},
+        "seen": {"type": "boolean"},
+        "next_messages_cursor": {"type": ["string", "null"]},
+        "messages": {"type": "array", "items": MESSAGE_SCHEMA},
+        "participants": {
+            "type": "array",
+            "items": PARTICIPANT_SCHEMA,
+            "allOf": [
+                {
+                    "description": "exactly one participant with role source_user",
+                    "contains": _role("source_user"),
+                    "minContains": 1,
+                    "maxContains": 1,
+                },
+                {
+                    "description": "at least one participant with role end_user",
+                    "contains": _role("end_user"),
+                    "minContains": 1,
+                },
+            ],
+        },
+    },
+}
+_ADDITIONAL_DATA: Final[dict[str, Any]] = {
+    "type": ["object", "null"],
+    "properties": {"after": {"type": ["string", "null"]}},
+}
+
+
+def _success_envelope(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["success", "data"],
+        "properties": {
+            "success": {"const": True},
+            "data": data,
+            "additional_data": _ADDITIONAL_DATA,
+        },
+    }
+
+
+CONVERSATIONS_RESPONSE_SCHEMA: Final = _success_envelope(
+    {"type": "array", "items": CONVERSATION_SCHEMA}
+)
+CONVERSATION_RESPONSE_SCHEMA: Final = _success_envelope(CONVERSATION_SCHEMA)
+SENDER_RESPONSE_SCHEMA: Final = _success_envelope(
+    {
+        "type": "object",
+        "required": ["id", "name", "avatar_url"],
+        # avatar_url "" when there is none; whether null is accepted is unconfirmed (§3.8).
+        "properties": {"id": _ID, "name": {"type": "string"}, "avatar_url": _URL_OR_EMPTY},
+    }
+)
+TEMPLATES_RESPONSE_SCHEMA: Final = _success_envelope(
+    {
+        "type": "object",  # an object holding the list, not a bare list (§3.9)
+        "required": ["templates"],
+        "properties": {
+            "templates": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "name", "content", "language"],
+                    "properties": {
+                        "id": _ID,
+                        "name": {"type": "string"},
+                        "content": {"type": "string"},
+                        "language": {"type": "string"},
+                    },
+                },
+            }
+        },
+    }
+)
+POST_MESSAGE_RESPONSE_SCHEMA: Final = _success_envelope(
+    {"type": "object", "required": ["id"], "properties": {"id": _ID}}
+)
+DELETE_CHANNEL_RESPONSE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["success"],
+    "properties": {"success": {"const": True}},
+}
+ERROR_RESPONSE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["success", "data"],
+    "properties": {
+        "success": {"const": False},
+        "data": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "retry_by": {"type": "string", "pattern": _TIME_PATTERN},
+            },
+        },
+    },
+}
+# getMessageById answers a bare Message (§3.7); every other endpoint the {success, data} envelope.
+MANIFEST_RESPONSE_SCHEMAS: Final[Mapping[str, dict[str, Any]]] = {
+    "getConversations": CONVERSATIONS_RESPONSE_SCHEMA,
+    "getConversationById": CONVERSATION_RESPONSE_SCHEMA,
+    "getMessageById": MESSAGE_SCHEMA,
+    "getSenderById": SENDER_RESPONSE_SCHEMA,
+    "getTemplates": TEMPLATES_RESPONSE_SCHEMA,
+    "postMessage": POST_MESSAGE_RESPONSE_SCHEMA,
+    "deleteChannelById": DELETE_CHANNEL_RESPONSE_SCHEMA,
+}
+# The documented data.code of each error status (§3.2; 400's BAD_REQUEST is the YAML's example).
+MANIFEST_ERROR_CODES: Final[Mapping[int, tuple[str, ...]]] = {
+    400: ("INVALID_BODY", "BAD_REQUEST"),
+    401: ("UNAUTHORIZED", "ACCOUNT_SUSPENDED"),
+    403: ("FORBIDDEN",),
+    404: ("NOT_FOUND",),
+    429: ("RATE_LIMIT_EXCEEDED",),
+}
+_RESPONSE_VALIDATORS: Final[Mapping[str, Validator]] = {
+    name: Draft202012Validator(schema) for name, schema in MANIFEST_RESPONSE_SCHEMAS.items()
+}
+_ERROR_VALIDATOR: Final = Draft202012Validator(ERROR_RESPONSE_SCHEMA)
+
+
+def manifest_problems(
+    endpoint: str,
+    status: int,
+    body: Any,
+    *,
+    path_vars: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+) -> list[str]:
+    """What is wrong with a manifest endpoint's answer, by messaging doc §3; [] when nothing.
+
+    ``endpoint`` is the manifest key, ``body`` the parsed JSON (a str when it was not JSON).
+    ``path_vars`` (``sourceConversationId``, ``sourceMessageId``, ``senderId``) let it check that
+    the answer is about what was asked; ``params`` (``conversations_limit``, ``messages_limit``)
+    that the limits hold. Each problem starts with the JSONPath of what it is about.
+    """
+    if endpoint not in MANIFEST_RESPONSE_SCHEMAS:
+        raise ValueError(f"unknown manifest endpoint {endpoint!r}")
+    if status != 200:
+        problems = [f"$: HTTP {status}, expected 200"]
+        if status >= 400:
+            problems += [f"error envelope {p}" for p in error_problems(status, body)]
+        return problems
+    problems = _schema_problems(_RESPONSE_VALIDATORS[endpoint], body)
+    return problems + _cross_field_problems(endpoint, body, path_vars or {}, params or {})
+
+
+def error_problems(status: int, body: Any) -> list[str]:
+    """What is wrong with an error answer of a manifest endpoint (§3.2); [] when nothing.
+
+    The envelope is ``{"success": false, "data": {"code", "message"[, "retry_by"]}}`` (not
+    Pipedrive's own ``additional_data`` style), with the documented code for the status.
+    """
+    problems = [] if status >= 400 else [f"$: HTTP {status} is not an error status"]
+    problems += _schema_problems(_ERROR_VALIDATOR, body)
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        return problems
+    codes = MANIFEST_ERROR_CODES.get(status)
+    code = data.get("code")
+    if codes is not None and isinstance(code, str) and code not in codes:
+        expected = " or ".join(codes)
+        problems.append(f"$.data.code: {code!r} is not the code for HTTP {status} ({expected})")
+    if status == 429 and "retry_by" not in data:
+        problems.append("$.data.retry_by: required with RATE_LIMIT_EXCEEDED (ISO 8601 UTC)")
+    return problems
+
+
+def response_problems(
+    endpoint: str, response: httpx2.Response, *, path_vars: Mapping[str, str] | None = None
+) -> list[str]:
+    """``manifest_problems`` for an httpx2 response, plus: the body is JSON, said so in its
+    content-type. The query of the request supplies ``params``."""
+    body, problems = _response_body(response)
+    params = dict(response.request.url.params)
+    problems += manifest_problems(
+        endpoint, response.status_code, body, path_vars=path_vars, params=params
+    )
+    return problems
+
+
+def _response_body(response: httpx2.Response) -> tuple[Any, list[str]]:
+    """The parsed JSON body (or the text) and what is wrong with its encoding."""
+    content_type = _content_type(response.headers)
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text, [f"$: the body is not JSON (content-type {content_type!r})"]
+    if content_type != "application/json":
+        return body, [f"$: content-type is {content_type!r}, expected 'application/json'"]
+    return body, []
+
+
+def _schema_problems(validator: Validator, instance: Any) -> list[str]:
+    problems = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: (e.json_path, e.message)):
+        message = error.message
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        if error.validator in ("contains", "minContains", "maxContains") and schema.get(
+            "description"
+        ):
+            message = f"needs {schema['description']}"
+        if len(message) > 200:
+            message = message[:197] + "..."
+        problems.append(f"{error.json_path}: {message}")
+    return problems
+
+
+def _cross_field_problems(
+    endpoint: str, body: Any, path_vars: Mapping[str, str], params: Mapping[str, str]
+) -> list[str]:
+    if not isinstance(body, dict):
+        return []  # the schema said so already
+    if endpoint == "getMessageById":
+        problems = []
+        if "success" in body:
+            problems.append("$: getMessageById answers a bare Message, not {success, data} (§3.7)")
+        return problems + _id_mismatch("$.id", body, path_vars.get("sourceMessageId"))
+    data = body.get("data")
+    messages_limit = _int_param(params, "messages_limit")
+    problems = []
+    if endpoint == "getConversations" and isinstance(data, list):
+        limit = _int_param(params, "conversations_limit")
+        if limit is not None and len(data) > limit:
+            problems.append(f"$.data: {len(data)} conversations, conversations_limit is {limit}")
+        problems += _duplicate_ids("$.data", data)
+        for i, conversation in enumerate(data):
+            problems += _conversation_problems(f"$.data[{i}]", conversation, messages_limit)
+    elif endpoint == "getConversationById" and isinstance(data, dict):
+        problems += _conversation_problems("$.data", data, messages_limit)
+        problems += _id_mismatch("$.data.id", data, path_vars.get("sourceConversationId"))
+    elif endpoint == "getSenderById" and isinstance(data, dict):
+        problems += _id_mismatch("$.data.id", data, path_vars.get("senderId"))
+    elif endpoint == "getTemplates" and isinstance(data, dict):
+        templates = data.get("templates")
+        if isinstance(templates, list):
+            problems += _duplicate_ids("$.data.templates", templates)
+    return problems
+
+
+def _conversation_problems(where: str, conversation: Any, messages_limit: int | None) -> list[str]:
+    if not isinstance(conversation, dict):
+        return []
+    problems = []
+    participants = conversation.get("participants")
+    messages = conversation.get("messages")
+    if isinstance(participants, list):
+        problems += _duplicate_ids(f"{where}.participants", participants)
+    if not isinstance(messages, list):
+        return problems
+    if messages_limit is not None and len(messages) > messages_limit:
+        problems.append(
+            f"{where}.messages: {len(messages)} messages, messages_limit is {messages_limit}"
+        )
+    problems += _duplicate_ids(f"{where}.messages", messages)
+    if not isinstance(participants, list):
+        return problems
+    ids = [p["id"] for p in participants if isinstance(p, dict) and isinstance(p.get("id"), str)]
+    for j, message in enumerate(messages):
+        sender = message.get("sender_id") if isinstance(message, dict) else None
+        if isinstance(sender, str) and sender not in ids:
+            problems.append(
+                f"{where}.messages[{j}].sender_id: {sender!r} is not the id of a participant"
+                f" of the conversation {ids}"
+            )
+    return problems
+
+
+def _duplicate_ids(where: str, items: list[Any]) -> list[str]:
+    ids = [
+        item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)
+    ]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    return [f"{where}: id {i!r} appears {ids.count(i)} times" for i in repeated]
+
+
+def _id_mismatch(where: str, obj: dict[str, Any], expected: str | None) -> list[str]:
+    actual = obj.get("id")
+    if expected is None or not isinstance(actual, str) or actual == expected:
+        return []
+    return [f"{where}: {actual!r}, but the path asked for {expected!r}"]
+
+
+def _int_param(params: Mapping[str, str], name: str) -> int | None:
+    value = params.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _manifest_definition_problems(manifest: Any) -> list[str]:
+    """What Developer Hub's validation would refuse in a manifest (§3.1), as far as documented."""
+    if not isinstance(manifest, dict):
+        return ["the manifest is not an object"]
+    problems = []
+    if manifest.get("version") != MANIFEST_VERSION:
+        problems.append(f"version is {manifest.get('version')!r}, expected {MANIFEST_VERSION!r}")
+    endpoints = manifest.get("endpoints")
+    if not isinstance(endpoints, dict):
+        return [*problems, "endpoints is not an object"]
+    problems += [f"unknown endpoint {key!r}" for key in endpoints if key not in MANIFEST_ENDPOINTS]
+    problems += [
+        f"{key} is required" for key in REQUIRED_MANIFEST_ENDPOINTS if key not in endpoints
+    ]
+    for key, url in endpoints.items():
+        if key not in MANIFEST_ENDPOINTS:
+            continue
+        if not isinstance(url, str) or not _is_url(url):
+            problems.append(f"{key}: {url!r} is not an absolute http(s) URL")
+            continue
+        parts = urlsplit(url)
+        found = set(_MANIFEST_VARIABLE.findall(parts.path + "?" + parts.query))
+        needed = set(MANIFEST_ENDPOINTS[key][1])
+        problems += [f"{key}: {url} lacks :{name}" for name in sorted(needed - found)]
+        problems += [
+            f"{key}: {url} has :{name}, which is not filled" for name in sorted(found - needed)
+        ]
+    return problems
+
+
+def _manifest_url(manifest: Mapping[str, Any], endpoint: str, path_vars: Mapping[str, str]) -> str:
+    """The endpoint's URL with its :variables replaced by the (percent-encoded) values."""
+    template: str | None = manifest["endpoints"].get(endpoint)
+    if template is None:
+        raise KeyError(f"the manifest has no {endpoint} endpoint")
+    used: set[str] = set()
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in path_vars:
+            raise ValueError(f"{endpoint} needs the path variable {name}")
+        used.add(name)
+        return quote(str(path_vars[name]), safe="")
+
+    parts = urlsplit(template)
+    url = urlunsplit(
+        parts._replace(
+            path=_MANIFEST_VARIABLE.sub(fill, parts.path),
+            query=_MANIFEST_VARIABLE.sub(fill, parts.query),
+        )
+    )
+    unused = sorted(set(path_vars) - used)
+    if unused:
+        raise ValueError(f"{endpoint} ({template}) has no :{', :'.join(unused)}")
+    return url
+
+
+def _multipart(
+    fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes, str]]
+) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content-type: ``fields`` (name, value) in order, then
+    ``files`` (part name, filename, content, content-type). Built by hand because httpx2 falls
+    back to urlencoded when there are no files, and postMessage is always multipart (§3.6)."""
+    boundary = "pdbridge-standin-" + secrets.token_hex(12)
+
+    def quoted(value: str) -> str:  # the HTML form rule for names in Content-Disposition
+        return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+    chunks = []
+    for name, value in fields:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{quoted(name)}"\r\n\r\n'
+        chunks.append(head.encode() + value.encode() + b"\r\n")
+    for name, filename, content, content_type in files:
+        head = (
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="{quoted(name)}"; filename="{quoted(filename)}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        )
+        chunks.append(head.encode() + content + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
 @dataclass(slots=True)
 class RecordedRequest:
     """One request as the stand-in saw it. ``status`` and ``note`` are filled in when answered."""
@@ -260,6 +770,108 @@ class RecordedRequest:
     time: float  # stand-in clock
     status: int | None = None
     note: str | None = None  # why it was rejected, when the stand-in knows
+
+
+@dataclass(slots=True)
+class Callback:
+    """One call the stand-in made to a manifest endpoint of the app, and what it made of it."""
+
+    endpoint: str  # the manifest key, e.g. "getConversations"
+    method: str
+    url: str  # as sent, with the query
+    params: dict[str, str]  # the query
+    status: int | None  # None: no HTTP answer (refused, timed out)
+    body: Any  # the parsed JSON; the text when it was not JSON; None without an answer
+    problems: list[str]  # [] when the answer is what Pipedrive expects
+    time: float  # stand-in clock when the answer arrived
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    endpoint: str  # "getConversations" or "getConversationById"
+    provider_channel_id: str
+    conversation_id: str | None = None
+
+
+class _Own(enum.Enum):
+    """The default of ``auth`` arguments: the stand-in's own client_id:client_secret."""
+
+    CREDENTIALS = enum.auto()
+
+
+OWN_CREDENTIALS: Final = _Own.CREDENTIALS
+Auth: TypeAlias = "tuple[str, str] | Literal[_Own.CREDENTIALS] | None"
+
+
+class ServerThread:
+    """Serve an ASGI app with uvicorn on a free port of 127.0.0.1 in a daemon thread.
+
+    The stand-in runs on one; tests use it for the fake apps the stand-in calls back.
+    """
+
+    def __init__(self, app: ASGIApp, *, name: str = "asgi-server") -> None:
+        self.app = app
+        self.name = name
+        self.port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    def start(self) -> Self:
+        """Start serving; returns when the server accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when
+        # the listening socket says so, and without it keep-alive requests wait 40 ms (Nagle).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, lifespan="off", log_level="warning", access_log=False, ws="none"
+        )
+        server = uvicorn.Server(config)  # signal handlers are only installed in the main thread
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=self.name, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread. Safe to call twice."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(timeout=5)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return f"http://127.0.0.1:{self.port}"
 
 
 @dataclass(slots=True)
@@ -391,57 +1003,60 @@ class PipedriveStandin:
         self._next_webhook_id = 1
         self._channels: dict[str, dict[str, Any]] = {}  # by provider_channel_id
         self._messages: dict[tuple[str, str], dict[str, Any]] = {}  # by (channel, message id)
+        # Manifest callbacks. _changed (on the same lock) wakes wait_for_callbacks/wait_for_idle.
+        self._manifest: dict[str, Any] | None = None
+        self._seen: dict[str, set[str]] = {}  # provider_channel_id → conversation ids known
+        self._callbacks: list[Callback] = []
+        self._pending = 0  # callback jobs queued or running
+        self._changed = threading.Condition(self._lock)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
 
         self._add_user(company_id, user_id, is_admin=True, company_domain=company_domain)
         if api_token is not None:
             self._api_tokens[api_token] = (company_id, user_id)
 
         self.app = Starlette(routes=self._routes())
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._server: ServerThread | None = None
         self._port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Self:
-        """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts."""
-        if self._thread is not None:
+        """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts.
+
+        Also starts the worker thread that makes the manifest callbacks.
+        """
+        if self._server is not None:
             raise RuntimeError("already started")
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when
-        # the listening socket says so, and without it keep-alive requests wait 40 ms (Nagle).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, lifespan="off", log_level="warning", access_log=False, ws="none"
+        try:
+            server = ServerThread(self.app, name="pipedrive-standin").start()
+        except RuntimeError as exc:
+            raise RuntimeError("Pipedrive stand-in did not start") from exc
+        self._server, self._port = server, server.port
+        jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        stopping = threading.Event()
+        worker = threading.Thread(
+            target=self._work, args=(jobs, stopping), name="pipedrive-callbacks", daemon=True
         )
-        server = uvicorn.Server(config)  # signal handlers are only installed in the main thread
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="pipedrive-standin", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("Pipedrive stand-in did not start")
-            time.sleep(0.01)
+        with self._lock:
+            self._jobs, self._stopping, self._worker = jobs, stopping, worker
+        worker.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and wait for the thread. Safe to call twice."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                self._server.force_exit = True
-                self._thread.join(timeout=5)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        """Stop the callbacks (queued ones are dropped; one in flight may take up to its
+        10 s timeout) and the server, and wait for both threads. Safe to call twice."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+            self._stopping.set()
+            self._jobs.put(None)
+        if worker is not None:
+            worker.join(timeout=CALLBACK_TIMEOUT_SECONDS + 5)
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -610,6 +1225,148 @@ class PipedriveStandin:
         """Messages received through ``receive``, in first-seen order, latest version of each."""
         with self._lock:
             return [copy.deepcopy(m) for m in self._messages.values()]
+
+    def received(
+        self, provider_channel_id: str, conversation_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``messages`` of one channel (and conversation): the latest version of each message
+        ``receive`` stored, in order of first arrival. Every single call is in ``requests``."""
+        with self._lock:
+            return [
+                copy.deepcopy(m)
+                for (channel, _), m in self._messages.items()
+                if channel == provider_channel_id
+                and (conversation_id is None or m["conversation_id"] == conversation_id)
+            ]
+
+    # ------------------------------------------------------------------ manifest callbacks
+
+    def set_manifest(self, manifest: Mapping[str, Any] | None) -> None:
+        """Use the app's manifest (what ``pdbridge manifest`` prints) from now on; None: no
+        callbacks. Raises ValueError for a manifest Developer Hub would refuse (§3.1)."""
+        if manifest is not None:
+            problems = _manifest_definition_problems(manifest)
+            if problems:
+                raise ValueError("invalid manifest: " + "; ".join(problems))
+        with self._lock:
+            self._manifest = copy.deepcopy(dict(manifest)) if manifest is not None else None
+
+    @property
+    def manifest(self) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self._manifest)
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        """The manifest calls made so far, in the order their answers arrived."""
+        with self._lock:
+            return list(self._callbacks)
+
+    def clear_callbacks(self) -> None:
+        with self._lock:
+            self._callbacks.clear()
+
+    def wait_for_callbacks(self, n: int, timeout: float = 10.0) -> list[Callback]:
+        """Block until at least ``n`` callbacks completed; they are returned (all of them).
+
+        Raises AssertionError, listing those there are, when ``timeout`` seconds pass first.
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._callbacks) >= n, timeout):
+                raise AssertionError(
+                    f"expected at least {n} manifest callbacks within {timeout} s, "
+                    f"got {len(self._callbacks)}: {self._callbacks!r}"
+                )
+            return list(self._callbacks)
+
+    def wait_for_idle(self, timeout: float = 10.0) -> list[Callback]:
+        """Block until no callback is queued or running; returns all callbacks.
+
+        The calls are queued before the triggering request is answered, so after this returns
+        a request that would have caused one has caused it. AssertionError on timeout.
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._pending == 0, timeout):
+                raise AssertionError(
+                    f"manifest callbacks still busy after {timeout} s ({self._pending} jobs); "
+                    f"done: {self._callbacks!r}"
+                )
+            return list(self._callbacks)
+
+    def seen_conversations(self, provider_channel_id: str) -> set[str]:
+        """The conversation ids the stand-in treats as known for the channel (no fetch on
+        ``receive``): those of ``receive`` calls and of valid getConversations pages."""
+        with self._lock:
+            return set(self._seen.get(provider_channel_id, ()))
+
+    def call_manifest(
+        self,
+        endpoint: str,
+        *,
+        method: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        auth: Auth = OWN_CREDENTIALS,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        **path_vars: str,
+    ) -> httpx2.Response:
+        """Call a manifest endpoint of the app now, as Pipedrive would, and return the answer.
+
+        ``path_vars`` fill the URL's ``:variables`` (providerChannelId, sourceConversationId,
+        sourceMessageId, senderId; percent-encoded). ``method``: None for the documented one.
+        ``auth``: HTTP Basic credentials, the stand-in's own by default, None for none.
+        The answer is neither recorded nor checked: see ``response_problems``.
+        """
+        with self._lock:
+            manifest = self._manifest
+        if manifest is None:
+            raise RuntimeError("no manifest: call set_manifest() first")
+        if endpoint not in MANIFEST_ENDPOINTS:
+            raise ValueError(f"unknown manifest endpoint {endpoint!r}")
+        url = _manifest_url(manifest, endpoint, path_vars)
+        credentials = (self.client_id, self.client_secret) if auth is OWN_CREDENTIALS else auth
+        with httpx2.Client(timeout=CALLBACK_TIMEOUT_SECONDS, trust_env=False) as client:
+            return client.request(
+                method or MANIFEST_ENDPOINTS[endpoint][0],
+                url,
+                params=params,
+                auth=credentials,
+                headers=headers,
+                content=content,
+            )
+
+    def post_message(
+        self,
+        provider_channel_id: str,
+        *,
+        conversation_id: str,
+        sender_id: str,
+        recipient_ids: Sequence[str],
+        message: str,
+        files: Sequence[tuple[str, bytes, str]] = (),
+        recipient_field: str = "recipientIds[]",
+        file_field: str = "files",
+        auth: Auth = OWN_CREDENTIALS,
+    ) -> httpx2.Response:
+        """An agent's reply from the Pipedrive inbox: ``postMessage`` as multipart/form-data
+        (§3.6). Parts in order: ``message``, ``senderId``, ``conversationId``, one
+        ``recipient_field`` per recipient, then one ``file_field`` part per (filename, content,
+        content-type) in ``files``. Returns the answer, unchecked."""
+        fields = [
+            ("message", message),
+            ("senderId", sender_id),
+            ("conversationId", conversation_id),
+        ]
+        fields += [(recipient_field, recipient) for recipient in recipient_ids]
+        parts = [(file_field, name, data, content_type) for name, data, content_type in files]
+        body, content_type = _multipart(fields, parts)
+        return self.call_manifest(
+            "postMessage",
+            auth=auth,
+            headers={"content-type": content_type},
+            content=body,
+            providerChannelId=provider_channel_id,
+        )
 
     # ================================================================== internals
 
@@ -1122,6 +1879,9 @@ class PipedriveStandin:
             "template_support": body.get("template_support", False),
         }
         self._channels[provider_channel_id] = channel
+        # "Right after registration, Pipedrive calls your getConversations" (messaging doc §2.1).
+        self._seen.setdefault(provider_channel_id, set())
+        self._enqueue_locked(_Job("getConversations", provider_channel_id))
         return JSONResponse({"success": True, "data": dict(channel)})
 
     def _own_channel(self, caller: _Caller, provider_channel_id: str) -> dict[str, Any] | None:
@@ -1142,6 +1902,7 @@ class PipedriveStandin:
         del self._channels[provider_channel_id]
         for key in [k for k in self._messages if k[0] == provider_channel_id]:
             del self._messages[key]
+        self._seen.pop(provider_channel_id, None)
         return JSONResponse({"success": True})
 
     def _delete_conversation(
@@ -1161,6 +1922,7 @@ class PipedriveStandin:
         for key, message in list(self._messages.items()):
             if (key[0], message["conversation_id"]) == conversation:
                 del self._messages[key]
+        self._seen.get(conversation[0], set()).discard(conversation[1])
         return JSONResponse({"success": True})
 
     def _receive_message(
@@ -1179,7 +1941,118 @@ class PipedriveStandin:
             return _channels_error(404, "NOT_FOUND", "Channel not found.")
         message = copy.deepcopy(body)
         self._messages[(body["channel_id"], body["id"])] = message  # upsert by message id
+        # A conversation_id new to Pipedrive makes it call getConversationById (§2.2, §4.3).
+        seen = self._seen.setdefault(body["channel_id"], set())
+        if body["conversation_id"] not in seen:
+            seen.add(body["conversation_id"])
+            job = _Job("getConversationById", body["channel_id"], body["conversation_id"])
+            self._enqueue_locked(job)
         return JSONResponse({"success": True, "data": copy.deepcopy(message)})
+
+    # ------------------------------------------------------------------ manifest callbacks
+
+    def _enqueue_locked(self, job: _Job) -> None:
+        """Queue a callback (the caller holds the lock); nothing without manifest or worker."""
+        if self._manifest is None or self._worker is None:
+            return
+        self._pending += 1
+        self._jobs.put(job)
+
+    def _work(self, jobs: queue.SimpleQueue[_Job | None], stopping: threading.Event) -> None:
+        with httpx2.Client(timeout=CALLBACK_TIMEOUT_SECONDS, trust_env=False) as client:
+            while (job := jobs.get()) is not None:
+                try:
+                    if not stopping.is_set():
+                        self._run_job(client, job)
+                except Exception as exc:  # noqa: BLE001 - a stand-in bug must show, not hang waits
+                    problem = f"$: the stand-in failed: {type(exc).__name__}: {exc}"
+                    self._add_callback(
+                        Callback(job.endpoint, "", "", {}, None, None, [problem], self.now())
+                    )
+                finally:
+                    with self._changed:
+                        self._pending -= 1
+                        self._changed.notify_all()
+
+    def _run_job(self, client: httpx2.Client, job: _Job) -> None:
+        channel = job.provider_channel_id
+        if job.endpoint == "getConversationById":
+            assert job.conversation_id is not None
+            params = {"messages_limit": str(CALLBACK_MESSAGES_LIMIT)}
+            path_vars = {"providerChannelId": channel, "sourceConversationId": job.conversation_id}
+            callback = self._call(client, job.endpoint, params, path_vars)
+            if callback is not None:
+                self._add_callback(callback)
+            return
+        cursors: set[str] = set()
+        after: str | None = None
+        for _ in range(CALLBACK_PAGE_LIMIT):
+            params = {
+                "conversations_limit": str(CALLBACK_CONVERSATIONS_LIMIT),
+                "messages_limit": str(CALLBACK_MESSAGES_LIMIT),
+            }
+            if after is not None:
+                params["after"] = after
+            callback = self._call(
+                client, "getConversations", params, {"providerChannelId": channel}
+            )
+            if callback is None:
+                return
+            after = None
+            if not callback.problems:  # a page with problems is refused: paging ends there
+                body = callback.body
+                with self._lock:
+                    self._seen.setdefault(channel, set()).update(c["id"] for c in body["data"])
+                cursor = (body.get("additional_data") or {}).get("after")
+                if cursor and cursor in cursors:
+                    callback.problems.append(
+                        f"$.additional_data.after: {cursor!r} was given before; paging stopped"
+                    )
+                elif cursor:
+                    cursors.add(cursor)
+                    after = cursor
+            self._add_callback(callback)
+            if after is None:
+                return
+
+    def _call(
+        self,
+        client: httpx2.Client,
+        endpoint: str,
+        params: dict[str, str],
+        path_vars: dict[str, str],
+    ) -> Callback | None:
+        """Call the endpoint and check the answer; None when the manifest is gone."""
+        with self._lock:
+            manifest = self._manifest
+        if manifest is None:
+            return None
+        url = _manifest_url(manifest, endpoint, path_vars)
+        method = MANIFEST_ENDPOINTS[endpoint][0]
+        auth = (self.client_id, self.client_secret)
+        try:
+            response = client.request(method, url, params=params, auth=auth)
+        except httpx2.HTTPError as exc:
+            problem = f"$: no answer: {type(exc).__name__}: {exc}"
+            sent = f"{url}?{urlencode(params)}"
+            return Callback(endpoint, method, sent, params, None, None, [problem], self.now())
+        body, _ = _response_body(response)
+        problems = response_problems(endpoint, response, path_vars=path_vars)
+        return Callback(
+            endpoint,
+            method,
+            str(response.request.url),
+            params,
+            response.status_code,
+            body,
+            problems,
+            self.now(),
+        )
+
+    def _add_callback(self, callback: Callback) -> None:
+        with self._changed:
+            self._callbacks.append(callback)
+            self._changed.notify_all()
 
 
 # ---------------------------------------------------------------------- helpers
