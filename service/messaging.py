@@ -17,7 +17,7 @@ from typing import Any
 from service import redis_keys
 from service.context import Services
 from service.logging import get_logger
-from service.media import media_url, new_media_key
+from service.media import MAX_MEDIA_BYTES, media_url, new_media_key
 from service.models import Channel, Conversation, Message, Participant, StoredAttachment
 from service.pipedrive import channels as pipedrive_channels
 from service.providers.base import (
@@ -159,8 +159,11 @@ async def relay_inbound(services: Services, channel: Channel, event: InboundMess
         )
         return message
     if event.media and not message.attachments:
-        stored = await _rehost(services, channel, event, message.external_id)
+        stored, missing = await _rehost(services, channel, event, message.external_id)
         await messages.set_attachments(services.db, message.id, stored)
+        if missing:
+            note = "\n".join(f"[attachment not available: {m}]" for m in missing)
+            await messages.set_text(services.db, message.id, f"{message.text}\n{note}".strip())
         refreshed = await messages.get_by_pk(services.db, message.id)
         assert refreshed is not None
         message = refreshed
@@ -170,11 +173,22 @@ async def relay_inbound(services: Services, channel: Channel, event: InboundMess
 
 async def _rehost(
     services: Services, channel: Channel, event: InboundMessage, message_id: str
-) -> list[StoredAttachment]:
+) -> tuple[list[StoredAttachment], list[str]]:
+    """Download each file and store it with us; a file the provider will not give (too large,
+    expired) is named in the text instead of holding the message back."""
     adapter = services.adapter(channel.provider)
-    stored = []
+    stored: list[StoredAttachment] = []
+    missing: list[str] = []
     for index, ref in enumerate(event.media):
-        data = await adapter.fetch_media(channel, ref)
+        try:
+            data = await adapter.fetch_media(channel, ref)
+        except ProviderPermanent as error:
+            log.warning("media.unavailable", name=ref.name, reason=str(error))
+            missing.append(ref.name)
+            continue
+        if len(data) > MAX_MEDIA_BYTES:
+            missing.append(ref.name)
+            continue
         key = new_media_key(ref.mime_type)
         await services.media.put(key, data)
         stored.append(
@@ -186,7 +200,7 @@ async def _rehost(
                 size=len(data),
             )
         )
-    return stored
+    return stored, missing
 
 
 async def apply_status(services: Services, channel: Channel, event: StatusEvent) -> bool:

@@ -323,7 +323,8 @@ def _error_text(body: Any, response: httpx2.Response) -> tuple[str, str | None]:
         if isinstance(data, dict) and "message" in data:
             return str(data["message"]), str(data.get("code")) if data.get("code") else None
         message = body.get("error") or body.get("message") or body.get("errors")
-        code = body.get("code") or body.get("error_code")
+        extra = body.get("additional_data")
+        code = body.get("code") or (extra.get("code") if isinstance(extra, dict) else None)
         return str(message or response.status_code), str(code) if code else None
     return f"HTTP {response.status_code}: {response.text[:200]}", None
 

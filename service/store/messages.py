@@ -175,3 +175,12 @@ async def set_attachments(
             .where(messages.c.id == message_id)
             .values(attachments=_as_json(attachments), updated_at=utcnow())
         )
+
+
+async def set_text(db: Database, message_id: int, text: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            messages.update()
+            .where(messages.c.id == message_id)
+            .values(text=text, updated_at=utcnow())
+        )
