@@ -50,11 +50,10 @@ def receive_schema() -> dict[str, Any]:
     if not SPEC.exists():
         pytest.skip("the shared spec folder is not beside the project")
     schemas: dict[str, Any] = json.loads(SPEC.read_text())
-    found = (
+    return (
         schemas.get("ChannelsReceiveMessageRequest")
         or schemas["components"]["schemas"]["ChannelsReceiveMessageRequest"]
     )
-    return found  # type: ignore[no-any-return]
 
 
 async def wait_callbacks(pd: PipedriveStandin, n: int) -> list[Any]:
@@ -271,7 +270,8 @@ async def test_manifest_shapes_and_pagination_over_a_hundred_messages(stack: Sta
     bare = await call(
         "getMessageById", sourceConversationId=conversation_id, sourceMessageId=message_id
     )
-    assert bare["id"] == message_id and "success" not in bare
+    assert bare["id"] == message_id
+    assert "success" not in bare
     sender = await call("getSenderById", senderId=f"tg:{CHAT}")
     assert sender["data"]["name"] == "Jane Doe"
     templates = await call("getTemplates")
@@ -337,7 +337,7 @@ async def test_every_recorded_telegram_update_is_acknowledged(stack: Stack) -> N
 
 
 async def test_channel_removal_at_pipedrive_provider_and_here(stack: Stack) -> None:
-    """DELETE /admin/channels removes the channel at Pipedrive, unhooks the bot and lists it no more."""
+    """DELETE /admin/channels removes it at Pipedrive, unhooks the bot, lists it no more."""
     pcid = (await stack.add_channel())["provider_channel_id"]
     assert stack.tg.webhook is not None
     response = await stack.http.delete(f"/admin/channels/{pcid}", headers=ADMIN)
@@ -349,7 +349,7 @@ async def test_channel_removal_at_pipedrive_provider_and_here(stack: Stack) -> N
 
 
 async def test_pipedrive_deleting_the_channel_removes_it_here_and_at_telegram(stack: Stack) -> None:
-    """The deleteChannelById callback drops the channel locally and unhooks the bot (twice is fine)."""
+    """deleteChannelById drops the channel here and unhooks the bot (twice is fine)."""
     pcid = (await stack.add_channel())["provider_channel_id"]
     for _ in range(2):
         response = await asyncio.to_thread(
