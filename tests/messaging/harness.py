@@ -107,5 +107,6 @@ async def running_stack(
         app = bridge.http._transport.app  # type: ignore[attr-defined]
         async with serving(app) as url:
             running = Stack(bridge, pd, tg, url)
+            pd.set_manifest(running.manifest())
             await bridge.install()
             yield running

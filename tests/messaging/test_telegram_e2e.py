@@ -42,7 +42,6 @@ async def stack(
     stack: tuple[str, str], pd: PipedriveStandin, tg: TelegramStandin
 ) -> AsyncIterator[Stack]:
     async with running_stack(stack, pd, tg) as running:
-        pd.set_manifest(running.manifest())
         yield running
 
 

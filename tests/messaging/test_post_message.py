@@ -1,0 +1,125 @@
+"""postMessage input handling and outbound files, retries and provider flood control."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from service.media import MAX_MEDIA_BYTES
+from tests.messaging.harness import Stack, running_stack
+from tests.pipedrive.bridge import standin
+from tests.standins.pipedrive import PipedriveStandin
+from tests.standins.telegram import TelegramStandin
+
+pytestmark = pytest.mark.anyio
+
+CHAT = 6660001
+CONVERSATION = f"tg:777002:{CHAT}"
+
+
+@pytest.fixture
+def pd() -> Iterator[PipedriveStandin]:
+    with standin() as server:
+        yield server
+
+
+@pytest.fixture
+def tg() -> Iterator[TelegramStandin]:
+    with TelegramStandin(bot_token="777002:another-token") as server:
+        yield server
+
+
+@pytest.fixture
+async def chat(
+    stack: tuple[str, str], pd: PipedriveStandin, tg: TelegramStandin
+) -> AsyncIterator[tuple[Stack, str]]:
+    """A channel with one conversation in which the customer wrote first."""
+    async with running_stack(stack, pd, tg) as running:
+        pcid = (await running.add_channel())["provider_channel_id"]
+        update = tg.text_update(update_id=1, chat_id=CHAT, text="hi", message_id=1)
+        await running.send_update(pcid, update)
+        await running.run_worker()
+        yield running, pcid
+
+
+async def post(stack: Stack, pcid: str, **kwargs: object) -> tuple[int, dict[str, object]]:
+    values: dict[str, object] = {
+        "conversation_id": CONVERSATION,
+        "sender_id": "te:biz:777002",
+        "recipient_ids": [f"tg:{CHAT}"],
+        "message": "hello",
+    }
+    values.update(kwargs)
+    response = await asyncio.to_thread(stack.pd.post_message, pcid, **values)
+    return response.status_code, response.json()
+
+
+async def test_a_file_goes_out_as_a_photo_with_the_text_as_caption(chat: tuple[Stack, str]) -> None:
+    """An image attached in Pipedrive is uploaded with sendPhoto, same bytes, text as caption."""
+    stack, pcid = chat
+    picture = b"\x89PNG\r\n\x1a\n" + b"p" * 5000
+    status, body = await post(stack, pcid, files=[("chart.png", picture, "image/png")])
+    assert status == 200
+    await stack.run_worker()
+    [sent] = stack.tg.sent
+    assert (sent["method"], sent["caption"], sent["file_bytes"]) == ("sendPhoto", "hello", picture)
+    reported = {m["id"]: m for m in stack.pd.received(pcid)}[body["data"]["id"]]  # type: ignore[index]
+    assert reported["status"] == "sent"
+    assert reported["attachments"][0]["name"] == "chart.png"
+
+
+async def test_a_document_goes_out_with_send_document(chat: tuple[Stack, str]) -> None:
+    """A PDF is uploaded with sendDocument under its file name."""
+    stack, pcid = chat
+    status, _ = await post(
+        stack, pcid, message="", files=[("offer.pdf", b"%PDF-1.4 x", "application/pdf")]
+    )
+    assert status == 200
+    await stack.run_worker()
+    [sent] = stack.tg.sent
+    assert (sent["method"], sent["file_name"]) == ("sendDocument", "offer.pdf")
+
+
+async def test_flood_control_is_waited_out(chat: tuple[Stack, str]) -> None:
+    """A 429 with retry_after from Telegram is retried after that delay and then sent once."""
+    stack, pcid = chat
+    stack.tg.fail_next("sendMessage", 429, retry_after=1)
+    status, body = await post(stack, pcid)
+    assert status == 200
+    await stack.run_worker()
+    assert len(stack.tg.sent) == 1
+    reported = {m["id"]: m for m in stack.pd.received(pcid)}[body["data"]["id"]]  # type: ignore[index]
+    assert reported["status"] == "sent"
+    outcomes = await stack.bridge.services.queue.job_outcomes()
+    assert outcomes[("deliver_outbound", "retried")] == 1
+
+
+@pytest.mark.parametrize("field", ["recipientIds[]", "recipientIds", "recipientIds[0]"])
+async def test_every_recipient_spelling_is_understood(chat: tuple[Stack, str], field: str) -> None:
+    """`recipientIds[]`, `recipientIds` and `recipientIds[0]` all name the recipient."""
+    stack, pcid = chat
+    status, _ = await post(stack, pcid, recipient_field=field)
+    assert status == 200
+
+
+async def test_bad_input_gets_invalid_body_and_nothing_is_sent(chat: tuple[Stack, str]) -> None:
+    """Unknown recipient, empty message, too many or too large files, unknown conversation:
+    each is refused with the extension's envelope and nothing reaches Telegram."""
+    stack, pcid = chat
+    cases = [
+        {"recipient_ids": ["tg:999"]},
+        {"message": ""},
+        {"files": [(f"f{n}.txt", b"x", "text/plain") for n in range(11)]},
+        {"files": [("big.bin", b"\0" * (MAX_MEDIA_BYTES + 1), "application/octet-stream")]},
+        {"sender_id": "somebody-else"},
+    ]
+    for case in cases:
+        status, body = await post(stack, pcid, **case)
+        assert status == 400, (case.keys(), body)
+        assert body["data"]["code"] == "INVALID_BODY"  # type: ignore[index]
+    status, body = await post(stack, pcid, conversation_id="tg:777002:404")
+    assert status == 404
+    await stack.run_worker()
+    assert stack.tg.sent == []
