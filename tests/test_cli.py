@@ -118,3 +118,21 @@ def test_replay_needs_an_id_or_all(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"give a dead letter ID or --all" in result.stderr
+
+
+def test_manifest_lists_every_endpoint_on_the_public_url(tmp_path: Path) -> None:
+    """`pdbridge manifest` prints the seven endpoints with their :variables on PUBLIC_BASE_URL."""
+    env = env_with(PUBLIC_BASE_URL="https://bridge.example.com")
+    result = subprocess.run([*PDBRIDGE, "manifest"], cwd=tmp_path, env=env, capture_output=True)
+    assert result.returncode == 0
+    manifest = json.loads(result.stdout)
+    assert manifest["version"] == "v202101"
+    endpoints = manifest["endpoints"]
+    assert len(endpoints) == 7
+    assert all(
+        url.startswith("https://bridge.example.com/pipedrive/channels/:providerChannelId")
+        for url in endpoints.values()
+    )
+    assert endpoints["getMessageById"].endswith(
+        "/conversations/:sourceConversationId/messages/:sourceMessageId"
+    )
