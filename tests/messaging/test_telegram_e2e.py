@@ -431,3 +431,30 @@ async def test_channel_registration_refusals_are_clear_and_leave_nothing(stack: 
     assert bad.status_code == 400
     assert (await stack.http.get("/admin/channels", headers=ADMIN)).json()["data"] == []
     assert stack.tg.webhook is None
+
+
+async def test_document_is_downloaded_through_get_file_and_rehosted(stack: Stack) -> None:
+    """A PDF from the customer is fetched with getFile and served from our link by name."""
+    pcid = (await stack.add_channel())["provider_channel_id"]
+    pdf = b"%PDF-1.7\n" + b"0" * 3000
+    file = stack.tg.add_file(pdf, mime_type="application/pdf")
+    update = stack.tg.document_update(
+        update_id=60,
+        chat_id=CHAT,
+        message_id=3,
+        file=file,
+        file_name="Angebot März.pdf",
+        mime_type="application/pdf",
+    )
+    await stack.send_update(pcid, update)
+    await stack.run_worker()
+    [attachment] = stack.pd.received(pcid)[0]["attachments"]
+    assert (attachment["name"], attachment["type"], attachment["size"]) == (
+        "Angebot März.pdf",
+        "application/pdf",
+        len(pdf),
+    )
+    assert [r.method for r in stack.tg.requests if r.method == "getFile"] == ["getFile"]
+    got = await stack.http.get(attachment["url"].removeprefix(PUBLIC_URL))
+    assert got.content == pdf
+    assert "Angebot" in got.headers["content-disposition"]
