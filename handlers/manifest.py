@@ -22,12 +22,14 @@ from starlette.routing import Route
 
 from handlers import services
 from handlers.basic_auth import basic_credentials, matches
+from service import messaging
 from service.context import Services
 from service.logging import get_logger
 from service.media import MAX_MEDIA_BYTES, clean_file_name, new_media_key, normalize_mime_type
 from service.messaging import attachment_json
 from service.models import Channel, Conversation, Message, StoredAttachment
 from service.pipedrive.manifest import PREFIX
+from service.providers.base import ProviderError
 from service.store import channels, conversations, messages
 from service.store.schema import utcnow
 
@@ -244,8 +246,13 @@ async def get_sender(request: Request, svc: Services, channel: Channel) -> Respo
 
 
 async def get_templates(request: Request, svc: Services, channel: Channel) -> Response:
-    """Templates exist for WhatsApp only; other providers answer an empty list."""
-    return JSONResponse({"success": True, "data": {"templates": []}})
+    """Approved templates (WhatsApp only; other providers answer an empty list)."""
+    try:
+        found = await messaging.templates(svc, channel)
+    except ProviderError as error:
+        log.warning("templates.unavailable", channel=channel.provider_channel_id, error=str(error))
+        raise ManifestError(503, "UNAVAILABLE", "the provider did not list its templates") from None
+    return JSONResponse({"success": True, "data": {"templates": found}})
 
 
 def _recipients(form: Any) -> list[str]:

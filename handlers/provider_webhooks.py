@@ -9,7 +9,7 @@ from __future__ import annotations
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from handlers import error_response, services
@@ -82,4 +82,21 @@ async def receive(request: Request) -> Response:
     return Response(status_code=200)
 
 
-routes = [Route("/webhooks/{provider}/{provider_channel_id}", receive, methods=["POST"])]
+async def handshake(request: Request) -> Response:
+    """GET verification (Meta): echo the challenge when the verify token matches, else 403."""
+    svc = services(request)
+    provider = request.path_params["provider"]
+    channel = await channels.get(svc.db, svc.crypto, request.path_params["provider_channel_id"])
+    if provider not in PROVIDERS or channel is None or channel.provider != provider:
+        return error_response(404, "NOT_FOUND", "no such channel")
+    answer = svc.adapter(provider).handshake(channel, request.query_params)
+    if answer is None:
+        log.warning("provider_webhook.handshake_refused", provider=provider)
+        return error_response(403, "FORBIDDEN", "verification failed")
+    return PlainTextResponse(answer)
+
+
+routes = [
+    Route("/webhooks/{provider}/{provider_channel_id}", receive, methods=["POST"]),
+    Route("/webhooks/{provider}/{provider_channel_id}", handshake, methods=["GET"]),
+]

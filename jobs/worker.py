@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jobs import inbound, installations, maintenance, outbound, pipedrive_events
+from jobs import backfill, inbound, installations, maintenance, outbound, pipedrive_events
 from service import queue
 from service.config import Settings
 from service.context import Services
@@ -61,6 +61,7 @@ def build_worker(
             queue.cron_job(maintenance.prune_dead_letters, minute={17}, hour={3}),
             queue.cron_job(maintenance.sweep_stuck_deliveries, minute=None, hour=None),
             queue.cron_job(installations.reconcile_webhooks, minute={41}, hour=None),
+            queue.cron_job(backfill.backfill, minute=set(range(2, 60, 5)), hour=None),
         ],
         on_startup=startup,
         on_shutdown=shutdown,

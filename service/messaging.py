@@ -12,6 +12,8 @@ through the provider, then reports `sent` (or `failed`) with the same id through
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 from service import redis_keys
@@ -33,6 +35,7 @@ from service.store.installations import Installation
 log = get_logger(__name__)
 
 CONVERSATION_LOCK_SECONDS = 300.0
+TEMPLATES_TTL_SECONDS = 600
 
 
 def source_user(channel: Channel) -> Participant:
@@ -74,7 +77,32 @@ def receive_payload(
     }
     if conversation.link:
         payload["conversation_link"] = conversation.link
+    reply_by = reply_deadline(services, channel, conversation)
+    if reply_by is not None:
+        payload["reply_by"] = pipedrive_channels.receive_time(reply_by)
     return payload
+
+
+def reply_deadline(
+    services: Services, channel: Channel, conversation: Conversation
+) -> datetime | None:
+    """The customer's last message plus the provider's reply window (WhatsApp: 24 h)."""
+    window = services.adapter(channel.provider).reply_window
+    if window is None or conversation.last_inbound_at is None:
+        return None
+    return conversation.last_inbound_at + window
+
+
+async def templates(services: Services, channel: Channel) -> list[dict[str, str]]:
+    """The channel's approved templates, cached for a few minutes (Pipedrive asks often)."""
+    key = f"{redis_keys.TEMPLATES}{channel.id}"
+    cached = await services.queue.redis.get(key)
+    if cached is not None:
+        found: list[dict[str, str]] = json.loads(cached)
+        return found
+    fresh = await services.adapter(channel.provider).list_templates(channel)
+    await services.queue.redis.set(key, json.dumps(fresh), ex=TEMPLATES_TTL_SECONDS)
+    return fresh
 
 
 async def _installation(services: Services, channel: Channel) -> Installation:

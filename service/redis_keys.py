@@ -19,3 +19,7 @@ CODE_LOCK = "pdbridge:lock:oauth-code:"
 BUDGET_PROBE = "pdbridge:budget-probe:"
 #: One relay at a time per conversation, so messages reach Pipedrive in order.
 CONVERSATION_LOCK = "pdbridge:lock:conversation:"
+#: Cached approved templates per channel (WhatsApp), JSON, a few minutes.
+TEMPLATES = "pdbridge:templates:"
+#: Per channel: when the last backfill ran (ISO time).
+BACKFILL_MARK = "pdbridge:backfill:"

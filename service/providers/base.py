@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from service.errors import PdbridgeError, PermanentError, TransientError
@@ -117,6 +117,9 @@ class ProviderAdapter(Protocol):
     #: Pipedrive's `provider_type` for the channel (`whatsapp`, `facebook` or `other`).
     pipedrive_provider_type: str
     template_support: bool
+    #: How long after the customer's last message a reply is allowed (WhatsApp: 24 h); None
+    #: when there is no window. Becomes `reply_by` on every message of the conversation.
+    reply_window: timedelta | None
 
     def check_credentials(self, credentials: Mapping[str, Any]) -> dict[str, Any]:
         """The credentials to store, or InvalidCredentials naming what is missing."""
@@ -150,6 +153,21 @@ class ProviderAdapter(Protocol):
         """Send to the customer at `address`; returns the provider's message id."""
         ...
 
-    async def register_webhook(self, channel: Channel, url: str) -> None: ...
+    async def register_webhook(self, channel: Channel, url: str) -> None:
+        """Point the provider at `url`; a provider configured by hand (Meta) does nothing."""
+        ...
 
     async def remove_webhook(self, channel: Channel) -> None: ...
+
+    def handshake(self, channel: Channel, params: Mapping[str, str]) -> str | None:
+        """Answer to a GET verification request (Meta's hub.challenge), None to refuse (403)."""
+        ...
+
+    async def list_templates(self, channel: Channel) -> list[dict[str, str]]:
+        """Approved message templates as `{id, name, content, language}`; [] when none."""
+        ...
+
+    async def backfill(self, channel: Channel, since: datetime) -> list[Delivery]:
+        """Inbound traffic since `since` fetched from the provider (after downtime), as the same
+        deliveries its webhooks would have produced; [] where the provider offers no listing."""
+        ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -53,6 +53,7 @@ class TelegramProvider:
     name = "telegram"
     pipedrive_provider_type = "other"
     template_support = False
+    reply_window: timedelta | None = None
 
     def __init__(self, api_url: str, http: httpx2.AsyncClient) -> None:
         self.api_url = api_url
@@ -90,6 +91,17 @@ class TelegramProvider:
 
     async def remove_webhook(self, channel: Channel) -> None:
         await self._call(self._token(channel), "deleteWebhook", {"drop_pending_updates": False})
+
+    def handshake(self, channel: Channel, params: Mapping[str, str]) -> str | None:
+        return None  # Telegram verifies nothing by GET
+
+    async def list_templates(self, channel: Channel) -> list[dict[str, str]]:
+        return []  # Pipedrive supports templates for WhatsApp only
+
+    async def backfill(self, channel: Channel, since: datetime) -> list[Delivery]:
+        # getUpdates does not work while a webhook is set, and Telegram itself keeps undelivered
+        # updates for 24 h and redelivers them: nothing to fetch.
+        return []
 
     # --- inbound ----------------------------------------------------------------------------
 
