@@ -105,9 +105,13 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class OutgoingFile:
+    """A file to send; `url` is our signed, expiring link to it, for providers that fetch files
+    themselves (Twilio's MediaUrl) instead of taking an upload."""
+
     name: str
     mime_type: str
     data: bytes
+    url: str | None = None
 
 
 class ProviderAdapter(Protocol):
