@@ -275,7 +275,12 @@ async def deliver_outbound(services: Services, message_id: int, *, last_try: boo
     assert conversation is not None
 
     files = [
-        OutgoingFile(a.name, a.mime_type, await services.media.get(a.key))
+        OutgoingFile(
+            a.name,
+            a.mime_type,
+            await services.media.get(a.key),
+            url=attachment_json(services, a)["url"],
+        )
         for a in message.attachments
     ]
     try:
