@@ -21,3 +21,8 @@ async def relay_conversation(ctx: JobContext, payload: dict[str, Any]) -> int:
         log.info("relay.channel_gone", channel_id=payload["channel_id"])
         return 0
     return await messaging.relay_conversation(svc, channel, str(payload["conversation_key"]))
+
+
+async def retry_delivery(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Replay of a delivery that had been set aside (see `messaging.retry_delivery`)."""
+    return await messaging.retry_delivery(ctx["services"], payload)

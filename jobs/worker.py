@@ -19,6 +19,7 @@ FUNCTIONS: list[queue.RegisteredJob] = [
     queue.job(installations.setup_installation),
     queue.job(installations.setup_single_company),
     queue.job(inbound.relay_conversation),
+    queue.job(inbound.retry_delivery),
     queue.job(outbound.deliver_outbound),
     queue.job(outbound.remove_provider_webhook),
 ]

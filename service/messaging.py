@@ -18,6 +18,7 @@ from typing import Any
 
 from service import redis_keys
 from service.context import Services
+from service.errors import is_transient
 from service.logging import get_logger
 from service.media import MAX_MEDIA_BYTES, media_url, new_media_key
 from service.models import Channel, Conversation, Message, Participant, StoredAttachment
@@ -29,7 +30,14 @@ from service.providers.base import (
     ProviderTransient,
     StatusEvent,
 )
-from service.store import channels, conversations, deliveries, installations, messages
+from service.store import (
+    channels,
+    conversations,
+    dead_letters,
+    deliveries,
+    installations,
+    messages,
+)
 from service.store.installations import Installation
 
 log = get_logger(__name__)
@@ -144,16 +152,65 @@ async def relay_conversation(services: Services, channel: Channel, conversation_
         pending = await deliveries.pending_for_conversation(services.db, source, conversation_key)
         for row in pending:
             raw = row["payload"].get("raw", row["payload"])
-            for event in adapter.parse(channel, raw):
-                if isinstance(event, InboundMessage):
-                    await relay_inbound(services, channel, event)
-                elif isinstance(event, StatusEvent):
-                    await apply_status(services, channel, event)
+            try:
+                for event in adapter.parse(channel, raw):
+                    if isinstance(event, InboundMessage):
+                        await relay_inbound(services, channel, event)
+                    elif isinstance(event, StatusEvent):
+                        await apply_status(services, channel, event)
+            except Exception as error:
+                if is_transient(error):
+                    raise  # the job retries; later deliveries wait, so the order holds
+                # This delivery will fail however often it is tried: set it aside as a dead
+                # letter (replayable) instead of blocking the rest of the conversation.
+                await _set_aside(services, channel, row, error)
+                continue
             await deliveries.set_status(
                 services.db, source=source, dedupe_key=row["dedupe_key"], status="done"
             )
             relayed += 1
     return relayed
+
+
+async def _set_aside(
+    services: Services, channel: Channel, row: dict[str, Any], error: Exception
+) -> None:
+    await deliveries.set_status(
+        services.db, source=channel.provider, dedupe_key=row["dedupe_key"], status="failed"
+    )
+    letter = await dead_letters.record(
+        services.db,
+        kind="retry_delivery",
+        job_id=None,
+        payload={
+            "channel_id": channel.id,
+            "source": channel.provider,
+            "dedupe_key": row["dedupe_key"],
+            "conversation_key": row["conversation_key"],
+        },
+        error=f"{type(error).__name__}: {error}",
+        tries=1,
+        channel=channel.provider_channel_id,
+    )
+    log.error(
+        "relay.delivery_failed",
+        channel=channel.provider_channel_id,
+        dedupe_key=row["dedupe_key"],
+        dead_letter_id=letter,
+        error=str(error),
+        error_type=type(error).__name__,
+    )
+
+
+async def retry_delivery(services: Services, payload: dict[str, Any]) -> int:
+    """A dead-lettered delivery is replayed: put it back in line and relay its conversation."""
+    channel = await channels.get_by_id(services.db, services.crypto, int(payload["channel_id"]))
+    if channel is None:
+        return 0
+    await deliveries.set_status(
+        services.db, source=payload["source"], dedupe_key=payload["dedupe_key"], status="enqueued"
+    )
+    return await relay_conversation(services, channel, str(payload["conversation_key"]))
 
 
 async def relay_inbound(services: Services, channel: Channel, event: InboundMessage) -> Message:

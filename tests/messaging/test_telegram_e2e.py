@@ -458,3 +458,30 @@ async def test_document_is_downloaded_through_get_file_and_rehosted(stack: Stack
     got = await stack.http.get(attachment["url"].removeprefix(PUBLIC_URL))
     assert got.content == pdf
     assert "Angebot" in got.headers["content-disposition"]
+
+
+async def test_a_refused_message_is_set_aside_without_blocking_its_chat(stack: Stack) -> None:
+    """A message Pipedrive refuses for good becomes a dead letter; the chat's later messages
+    still arrive, and replaying the dead letter delivers the refused one."""
+    pcid = (await stack.add_channel())["provider_channel_id"]
+    stack.pd.fail_next(
+        "/v1/channels/messages/receive",
+        400,
+        {
+            "success": False,
+            "error": "bad payload",
+            "additional_data": {"code": "INVALID_RECEIVE_MESSAGE_PAYLOAD"},
+        },
+    )
+    for n in (1, 2):
+        update = stack.tg.text_update(update_id=70 + n, chat_id=CHAT, text=f"x{n}", message_id=n)
+        await stack.send_update(pcid, update)
+    await stack.run_worker()
+    assert [m["message"] for m in stack.pd.received(pcid)] == ["x2"]
+    [letter] = (await stack.http.get("/admin/dead-letters", headers=ADMIN)).json()["data"]
+    assert letter["kind"] == "retry_delivery"
+    assert "INVALID_RECEIVE_MESSAGE_PAYLOAD" in letter["error"] or "bad payload" in letter["error"]
+    replay = await stack.http.post(f"/admin/dead-letters/{letter['id']}/replay", headers=ADMIN)
+    assert replay.status_code == 202
+    await stack.run_worker()
+    assert sorted(m["message"] for m in stack.pd.received(pcid)) == ["x1", "x2"]
