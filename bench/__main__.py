@@ -2,6 +2,8 @@
 
 - http: requests/s and latency of pdbridge's /healthz (middleware, metrics, access log) against a
   bare Starlette app, both under uvicorn in their own process, loaded from this process.
+- ingest: Telegram webhooks through pdbridge (verify the secret, record the delivery durably,
+  enqueue the relay, answer) against a bare app that only reads, checks and parses them.
 - queue: enqueue-to-start latency of a job through `service.queue` and a real arq worker, against
   the round trip of a Redis PING on the same server.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -23,6 +26,8 @@ from typing import Any
 import httpx2
 
 from service.embedded_redis import EmbeddedRedis, free_port
+
+BENCH_SECRET_KEY = "bench-secret-0123456789-abcdefghijklmnop"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -91,6 +96,90 @@ def bench_http(redis_url: str, workdir: Path, total: int) -> None:
     print("  (the load generator is Python on the same 2 cores: equal rates mean it is the limit)")
 
 
+async def seed_channel(database_url: str, secret: str) -> str:
+    """An installation and a Telegram channel to post to; returns its provider_channel_id."""
+    from service.crypto import Crypto
+    from service.store import Database, channels, installations
+    from service.store.migrate import upgrade
+
+    db = Database(database_url)
+    await upgrade(db)
+    inst = await installations.ensure_api_token_install(
+        db, company_id=1, user_id=1, api_domain="http://127.0.0.1:9", company_domain=None
+    )
+    channel = await channels.create(
+        db,
+        Crypto([BENCH_SECRET_KEY]),
+        provider_channel_id="bench-channel",
+        provider="telegram",
+        installation_id=inst.id,
+        name="bench",
+        credentials={"bot_token": "1:bench"},
+        webhook_secret=secret,
+        account_id="1",
+        account_name="bench",
+    )
+    await db.dispose()
+    return channel.provider_channel_id
+
+
+async def post_updates(
+    port: int, path: str, secret: str, total: int, concurrency: int
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    headers = {"X-Telegram-Bot-Api-Secret-Token": secret, "Content-Type": "application/json"}
+    counter = iter(range(1, total + 1))
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
+
+        async def user() -> None:
+            for n in counter:
+                update = {
+                    "update_id": n,
+                    "message": {
+                        "message_id": n,
+                        "date": 1_700_000_000,
+                        "chat": {"id": 1000 + n % 100, "type": "private", "first_name": "B"},
+                        "from": {"id": 1000 + n % 100, "is_bot": False, "first_name": "B"},
+                        "text": f"message {n}",
+                    },
+                }
+                started = time.perf_counter()
+                response = await client.post(path, content=json.dumps(update), headers=headers)
+                latencies.append(time.perf_counter() - started)
+                response.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started), latencies
+
+
+def bench_ingest(redis_url: str, workdir: Path, total: int) -> None:
+    database_url = f"sqlite:///{workdir}/ingest.db"
+    secret = "bench-webhook-secret"
+    pcid = asyncio.run(seed_channel(database_url, secret))
+    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=database_url,
+               SECRET_KEY=BENCH_SECRET_KEY, BENCH_SECRET=secret)  # fmt: skip
+    results: dict[str, tuple[float, list[float]]] = {}
+    for name, factory in (
+        ("bare starlette", "bench.apps:bare"),
+        ("pdbridge", "bench.apps:pdbridge"),
+    ):
+        process, port = serve(factory, env)
+        try:
+            results[name] = asyncio.run(
+                post_updates(port, f"/webhooks/telegram/{pcid}", secret, total, concurrency=16)
+            )
+        finally:
+            process.terminate()
+            process.wait()
+    print(f"\ningest POST /webhooks/telegram, {total} updates, 16 concurrent (SQLite, 1 process)")
+    for name, (rate, lat) in results.items():
+        print(f"  {name:15} {rate:8.0f} req/s   {spread(lat)}")
+    ratio = results["pdbridge"][0] / results["bare starlette"][0]
+    print(f"  ratio pdbridge / bare: {ratio:.2f} of the baseline request rate")
+
+
 async def bench_queue(redis_url: str, workdir: Path, jobs: int) -> None:
     from jobs.worker import build_worker
     from service import queue as queue_module
@@ -109,6 +198,7 @@ async def bench_queue(redis_url: str, workdir: Path, jobs: int) -> None:
     await upgrade(db)
     await db.dispose()
     queue = await queue_module.Queue.connect(redis_url)
+    await queue.redis.flushdb()  # the ingest run left its relay jobs queued
     pings = []
     for _ in range(jobs):
         started = time.perf_counter()
@@ -156,6 +246,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
         print(f"pdbridge benchmarks on {os.cpu_count()} cores, embedded Redis {redis.url}")
         bench_http(redis.url, Path(tmp), args.requests)
+        bench_ingest(redis.url, Path(tmp), args.requests // 2)
         asyncio.run(bench_queue(redis.url, Path(tmp), args.jobs))
 
 
