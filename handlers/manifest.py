@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -82,6 +84,9 @@ def endpoint(
             return await handler(request, svc, channel)  # type: ignore[arg-type]
         except ManifestError as error:
             return envelope_error(error.status, error.code, str(error))
+        except (RedisError, SQLAlchemyError, OSError) as error:
+            log.error("manifest.unavailable", endpoint=handler.__name__, error=str(error))
+            return envelope_error(503, "UNAVAILABLE", "temporarily unavailable; try again")
 
     run.__name__ = handler.__name__
     return run
@@ -131,7 +136,7 @@ def _limit(request: Request, name: str) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ManifestError(
             400, "INVALID_BODY", f"{name} must be a whole number from 1 to {MAX_LIMIT}"
         )
@@ -148,10 +153,25 @@ def _decode(kind: str, cursor: str) -> list[Any]:
             raise ValueError(cursor)
         raw = cursor[len(kind) :]
         value = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if not isinstance(value, list):
+        if not isinstance(value, list) or not value:
             raise ValueError(cursor)
         return value
     except ValueError:
+        raise ManifestError(400, "INVALID_BODY", "the cursor is not one we gave out") from None
+
+
+def _conversation_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        at, last_id = _decode("c", cursor)
+        return datetime.fromisoformat(str(at)), int(last_id)
+    except (ValueError, TypeError):
+        raise ManifestError(400, "INVALID_BODY", "the cursor is not one we gave out") from None
+
+
+def _message_cursor(cursor: str) -> int:
+    try:
+        return int(_decode("m", cursor)[0])
+    except (ValueError, TypeError):
         raise ManifestError(400, "INVALID_BODY", "the cursor is not one we gave out") from None
 
 
@@ -175,8 +195,7 @@ async def get_conversations(request: Request, svc: Services, channel: Channel) -
     after = request.query_params.get("after")
     position = None
     if after:
-        at, last_id = _decode("c", after)
-        position = (datetime.fromisoformat(str(at)), int(last_id))
+        position = _conversation_cursor(after)
     found = await conversations.page(svc.db, channel.id, limit=limit + 1, after=position)
     data = []
     for conversation in found[:limit]:
@@ -203,7 +222,7 @@ async def get_conversation(request: Request, svc: Services, channel: Channel) ->
     conversation = await _conversation(svc, channel, request.path_params["conversation_id"])
     limit = _limit(request, "messages_limit")
     after = request.query_params.get("after")
-    before = int(_decode("m", after)[0]) if after else None
+    before = _message_cursor(after) if after else None
     page, cursor = await _messages_page(svc, conversation, limit, before)
     body: dict[str, Any] = {
         "success": True,

@@ -23,19 +23,23 @@ async def prune_dead_letters(ctx: JobContext) -> int:
     return removed
 
 
-#: A delivery recorded but not enqueued for this long is enqueued again by the sweeper.
+#: A delivery recorded but not enqueued for this long is enqueued again by the sweeper; one
+#: enqueued but not done for QUEUED_TOO_LONG too (the job key keeps a live job from doubling).
 STUCK_AFTER = timedelta(minutes=1)
+QUEUED_TOO_LONG = timedelta(minutes=30)
 
 
 async def sweep_stuck_deliveries(ctx: JobContext) -> int:
     """Enqueue deliveries whose process died between recording and enqueueing them."""
     svc = ctx["services"]
-    stuck = await deliveries.stuck(svc.db, utcnow() - STUCK_AFTER)
+    now = utcnow()
+    stuck = await deliveries.stuck(svc.db, now - STUCK_AFTER, now - QUEUED_TOO_LONG)
     for row in stuck:
         await svc.queue.enqueue(
             row["job"], row["payload"], key=ingest.job_key(row["source"], row["dedupe_key"])
         )
         await deliveries.mark_enqueued(svc.db, source=row["source"], dedupe_key=row["dedupe_key"])
+        await deliveries.touch(svc.db, source=row["source"], dedupe_key=row["dedupe_key"])
     if stuck:
         log.warning("maintenance.stuck_deliveries_enqueued", count=len(stuck))
     return len(stuck)

@@ -49,7 +49,10 @@ async def _installation(
             raise ChannelError(404, "NOT_FOUND", f"no installation for {company_id}:{user_id}")
     elif services.settings.single_company:
         api_base = services.settings.pipedrive_api_url or "https://api.pipedrive.com"
-        user = await services.pipedrive.whoami(api_base)
+        try:
+            user = await services.pipedrive.whoami(api_base)
+        except PipedriveError as error:
+            raise ChannelError(502, "PIPEDRIVE_UNAVAILABLE", str(error)) from None
         inst = await installations.ensure_api_token_install(
             services.db,
             company_id=int(user["company_id"]),
@@ -86,6 +89,13 @@ async def add(
         raise ChannelError(400, "INVALID_CREDENTIALS", str(error)) from None
     except ProviderError as error:
         raise ChannelError(502, "PROVIDER_UNAVAILABLE", str(error)) from None
+    for existing in await channels.list_active(services.db, services.crypto):
+        if existing.provider == provider and existing.account_id == account_id:
+            raise ChannelError(
+                409,
+                "ALREADY_CONNECTED",
+                f"this {provider} account is already channel {existing.provider_channel_id}",
+            )
     channel = await channels.create(
         services.db,
         services.crypto,
@@ -117,7 +127,12 @@ async def add(
     try:
         await adapter.register_webhook(channel, webhook_url(services, channel))
     except ProviderError as error:
-        await pipedrive_channels.delete(services.pipedrive, inst, channel)
+        try:
+            await pipedrive_channels.delete(services.pipedrive, inst, channel)
+        except PipedriveError as cleanup:
+            log.error(
+                "channel.cleanup_failed", channel=channel.provider_channel_id, error=str(cleanup)
+            )
         await channels.remove(services.db, channel.id)
         raise ChannelError(502, "PROVIDER_WEBHOOK_FAILED", str(error)) from None
     found = await channels.get(services.db, services.crypto, channel.provider_channel_id)
@@ -161,4 +176,6 @@ async def delete_conversation(services: Services, channel: Channel, conversation
             error.code or "FORBIDDEN_USER_REQUEST",
             "only the app owner can delete conversations",
         ) from None
+    except PipedriveError as error:
+        raise ChannelError(502, "PIPEDRIVE_UNAVAILABLE", str(error)) from None
     await conversations.close(services.db, conversation.id)

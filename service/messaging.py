@@ -306,31 +306,69 @@ async def advance(
     error: str | None = None,
     provider_message_id: str | None = None,
 ) -> bool:
-    """Move a message's status forward and tell Pipedrive; regressions and repeats are dropped."""
+    """Move a message's status forward and tell Pipedrive; regressions and repeats are dropped.
+    A status stored earlier but not yet told (its push failed) is told now."""
     moved = await messages.advance_status(
         services.db, message.id, status, error=error, provider_message_id=provider_message_id
     )
-    if not moved:
-        log.info(
-            "status.ignored", message_id=message.external_id, current=message.status, new=status
-        )
-        return False
     updated = await messages.get_by_pk(services.db, message.id)
     assert updated is not None
-    await push(services, channel, updated)
-    return True
+    if not moved:
+        log.info(
+            "status.ignored", message_id=message.external_id, current=updated.status, new=status
+        )
+    if updated.pushed_status != updated.status and updated.status not in ("pending", "sending"):
+        await push(services, channel, updated)
+    return moved
 
 
 async def deliver_outbound(services: Services, message_id: int, *, last_try: bool) -> str:
-    """Send a pending outgoing message through its provider and report the result."""
+    """Send the conversation's pending outgoing messages up to this one, in order, each once.
+
+    A message is claimed (`pending` → `sending`) before the provider is called. If the call
+    fails in a way that may have delivered it anyway (a timeout after sending, a 5xx), it is
+    reported `failed` rather than sent again: a duplicate in the customer's chat is worse than
+    a visible failure the agent can resend (chat-providers.md §1.6)."""
     message = await messages.get_by_pk(services.db, message_id)
-    if message is None or message.status != "pending":
+    if message is None:
         return "skipped"
     channel = await channels.get_by_id(services.db, services.crypto, message.channel_id)
-    conversation = await conversations.get_by_pk(services.db, message.conversation_id)
     assert channel is not None
-    assert conversation is not None
+    if message.status not in ("pending", "sending"):
+        await advance(services, channel, message, message.status)  # re-tell a lost push
+        return "skipped"
+    lock = services.queue.redis.lock(
+        f"{redis_keys.CONVERSATION_LOCK}{channel.id}:out:{message.conversation_id}",
+        timeout=CONVERSATION_LOCK_SECONDS,
+        blocking_timeout=CONVERSATION_LOCK_SECONDS,
+    )
+    result = "skipped"
+    async with lock:
+        current = await messages.get_by_pk(services.db, message.id)
+        if current is not None and current.status == "sending":
+            # Under the lock nobody else is sending: a worker died mid-send. It may have gone out.
+            reason = "delivery interrupted; resend if it did not arrive"
+            await advance(services, channel, current, "failed", error=reason)
+            return "failed"
+        for queued in await messages.pending_outbound(
+            services.db, message.conversation_id, message.id
+        ):
+            outcome = await _send_one(services, channel, queued, last_try=last_try)
+            if queued.id == message.id:
+                result = outcome
+    return result
 
+
+async def _send_one(
+    services: Services, channel: Channel, message: Message, *, last_try: bool
+) -> str:
+    if not await messages.move(services.db, message.id, "pending", "sending"):
+        return "skipped"  # another worker has it
+    if channel.status != "active":
+        await advance(services, channel, message, "failed", error="the channel was removed")
+        return "failed"
+    conversation = await conversations.get_by_pk(services.db, message.conversation_id)
+    assert conversation is not None
     files = [
         OutgoingFile(
             a.name,
@@ -349,8 +387,19 @@ async def deliver_outbound(services: Services, message_id: int, *, last_try: boo
         await advance(services, channel, message, "failed", error=str(error))
         return "failed"
     except ProviderTransient as error:
-        if last_try:
-            await advance(services, channel, message, "failed", error=str(error))
+        if error.maybe_delivered or last_try:
+            reason = (
+                f"delivery not confirmed by the provider ({error}); resend if it did not arrive"
+                if error.maybe_delivered
+                else str(error)
+            )
+            log.warning("outbound.failed", message_id=message.external_id, reason=reason)
+            await advance(services, channel, message, "failed", error=reason)
+            return "failed"
+        await messages.move(services.db, message.id, "sending", "pending")  # certainly unsent
+        raise
+    except BaseException:
+        await messages.move(services.db, message.id, "sending", "pending")
         raise
     await conversations.touch(services.db, conversation.id, message.created_at)
     await advance(services, channel, message, "sent", provider_message_id=provider_id)

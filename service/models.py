@@ -9,11 +9,11 @@ from typing import Any, Literal
 Provider = Literal["telegram", "whatsapp", "twilio"]
 Role = Literal["source_user", "end_user"]
 Direction = Literal["in", "out"]
-#: `pending` is ours (an outgoing message not yet accepted by the provider); the rest are
-#: Pipedrive's enum.
-Status = Literal["pending", "sent", "delivered", "read", "failed"]
+#: `pending` and `sending` are ours (an outgoing message not yet accepted by the provider, and
+#: one being handed to it); the rest are Pipedrive's enum.
+Status = Literal["pending", "sending", "sent", "delivered", "read", "failed"]
 
-_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
+_RANK = {"pending": 0, "sending": 0.5, "sent": 1, "delivered": 2, "read": 3}
 
 
 def status_advances(current: str, new: str) -> bool:

@@ -32,8 +32,15 @@ class ProviderError(PdbridgeError):
 
 
 class ProviderTransient(ProviderError, TransientError):
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    """`maybe_delivered`: the request may have been processed (a timeout after sending, a 5xx),
+    so resending could duplicate a message; False only when it certainly was not (a 429, a
+    refused connection)."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, maybe_delivered: bool = False
+    ) -> None:
         TransientError.__init__(self, message, retry_after=retry_after)
+        self.maybe_delivered = maybe_delivered
 
 
 class ProviderPermanent(ProviderError, PermanentError):

@@ -142,7 +142,7 @@ class TelegramProvider:
         sender = message.get("from") or {}
         message_id = int(message["message_id"])
         text, media = _content(message)
-        external_id = f"tg:{chat['id']}:{message_id}"
+        external_id = f"tg:{channel.account_id}:{chat['id']}:{message_id}"
         when = int(message.get("date") or 0)
         if edited:
             edit_date = int(message.get("edit_date") or when)
@@ -242,7 +242,10 @@ class TelegramProvider:
                 response = await self.http.post(url, json=params)
         except httpx2.TransportError as error:
             # The exception text may contain the URL, and with it the token: name the type only.
-            raise ProviderTransient(f"Telegram {method}: {type(error).__name__}") from None
+            unsent = isinstance(error, (httpx2.ConnectError, httpx2.ConnectTimeout))
+            raise ProviderTransient(
+                f"Telegram {method}: {type(error).__name__}", maybe_delivered=not unsent
+            ) from None
         try:
             body = response.json()
         except ValueError:
@@ -264,8 +267,10 @@ def _error(status: int, body: Mapping[str, Any], method: str = "") -> Exception:
         return RecipientUnreachable(message)
     if status in (401, 404):
         return ProviderAuthError(message)
-    if status == 429 or status >= 500:
+    if status == 429:
         return ProviderTransient(message)
+    if status >= 500:
+        return ProviderTransient(message, maybe_delivered=True)
     return ProviderPermanent(message)
 
 

@@ -66,18 +66,30 @@ async def mark_enqueued(db: Database, *, source: Source, dedupe_key: str) -> Non
             .where(
                 inbound_deliveries.c.source == source,
                 inbound_deliveries.c.dedupe_key == dedupe_key,
+                inbound_deliveries.c.status == "received",  # never move a finished one back
             )
             .values(status="enqueued", updated_at=utcnow())
         )
 
 
-async def stuck(db: Database, older_than: datetime, limit: int = 500) -> list[dict[str, Any]]:
-    """Deliveries recorded but never enqueued (a crash between the two steps)."""
+async def stuck(
+    db: Database, older_than: datetime, queued_before: datetime, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Deliveries recorded but never enqueued (a crash between the two steps), and ones queued
+    long ago but not done (their job ran out of tries during an outage)."""
     query = (
         sa.select(inbound_deliveries)
         .where(
-            inbound_deliveries.c.status == "received",
-            inbound_deliveries.c.received_at < older_than,
+            sa.or_(
+                sa.and_(
+                    inbound_deliveries.c.status == "received",
+                    inbound_deliveries.c.received_at < older_than,
+                ),
+                sa.and_(
+                    inbound_deliveries.c.status == "enqueued",
+                    inbound_deliveries.c.updated_at < queued_before,
+                ),
+            )
         )
         .order_by(inbound_deliveries.c.id)
         .limit(limit)
@@ -141,4 +153,18 @@ async def set_status(db: Database, *, source: Source, dedupe_key: str, status: s
                 inbound_deliveries.c.dedupe_key == dedupe_key,
             )
             .values(status=status, updated_at=utcnow())
+        )
+
+
+async def touch(db: Database, *, source: Source, dedupe_key: str) -> None:
+    """Restart a queued delivery's clock (the sweeper just queued it again)."""
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            inbound_deliveries.update()
+            .where(
+                inbound_deliveries.c.source == source,
+                inbound_deliveries.c.dedupe_key == dedupe_key,
+                inbound_deliveries.c.status == "enqueued",
+            )
+            .values(updated_at=utcnow())
         )

@@ -184,3 +184,30 @@ async def set_text(db: Database, message_id: int, text: str) -> None:
             .where(messages.c.id == message_id)
             .values(text=text, updated_at=utcnow())
         )
+
+
+async def move(db: Database, message_id: int, from_status: str, to_status: str) -> bool:
+    """Compare-and-set the status (claiming a message for sending, or handing it back)."""
+    async with db.engine.begin() as conn:
+        result = await conn.execute(
+            messages.update()
+            .where(messages.c.id == message_id, messages.c.status == from_status)
+            .values(status=to_status, updated_at=utcnow())
+        )
+        return bool(result.rowcount)
+
+
+async def pending_outbound(db: Database, conversation_id: int, up_to: int) -> list[Message]:
+    """Outgoing messages of a conversation still waiting to be sent, oldest first."""
+    query = (
+        sa.select(messages)
+        .where(
+            messages.c.conversation_id == conversation_id,
+            messages.c.direction == "out",
+            messages.c.status == "pending",
+            messages.c.id <= up_to,
+        )
+        .order_by(messages.c.id)
+    )
+    async with db.engine.connect() as conn:
+        return [_row(r) for r in await conn.execute(query)]

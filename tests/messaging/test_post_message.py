@@ -123,3 +123,62 @@ async def test_bad_input_gets_invalid_body_and_nothing_is_sent(chat: tuple[Stack
     assert status == 404
     await stack.run_worker()
     assert stack.tg.sent == []
+
+
+async def test_an_unconfirmed_send_is_failed_not_repeated(chat: tuple[Stack, str]) -> None:
+    """A 5xx from Telegram may hide a delivered message: it is reported failed, never resent."""
+    stack, pcid = chat
+    stack.tg.fail_next("sendMessage", 502)
+    status, body = await post(stack, pcid)
+    assert status == 200
+    await stack.run_worker()
+    assert len([r for r in stack.tg.requests if r.method == "sendMessage"]) == 1
+    reported = {m["id"]: m for m in stack.pd.received(pcid)}[body["data"]["id"]]  # type: ignore[index]
+    assert reported["status"] == "failed"
+
+
+async def test_replies_leave_in_the_order_they_were_written(chat: tuple[Stack, str]) -> None:
+    """Five quick replies sent by two workers reach the chat in the order the agent wrote them."""
+    stack, pcid = chat
+    for n in range(5):
+        status, _ = await post(stack, pcid, message=f"r{n}")
+        assert status == 200
+    await stack.run_worker(workers=2)
+    assert [s["text"] for s in stack.tg.sent] == [f"r{n}" for n in range(5)]
+
+
+async def test_bad_cursors_get_a_clean_400(chat: tuple[Stack, str]) -> None:
+    """Forged or foreign cursors are refused in the extension's envelope, never a 500."""
+    stack, pcid = chat
+    for endpoint, extra in (
+        ("getConversations", {}),
+        ("getConversationById", {"sourceConversationId": CONVERSATION}),
+    ):
+        for after in ("cWzFd", "garbage", "mW10", "c" + "e30"):
+            response = await asyncio.to_thread(
+                stack.pd.call_manifest,
+                endpoint,
+                providerChannelId=pcid,
+                params={"after": after},
+                **extra,
+            )
+            assert response.status_code == 400, (endpoint, after, response.text)
+            assert response.json()["data"]["code"] == "INVALID_BODY"
+
+
+async def test_the_same_bot_cannot_be_connected_twice(chat: tuple[Stack, str]) -> None:
+    """A second channel for an already connected bot is refused with 409."""
+    stack, _ = chat
+    response = await stack.http.post(
+        "/admin/channels",
+        headers={"Authorization": "Bearer admin-token-for-tests"},
+        json={
+            "provider": "telegram",
+            "company_id": 1001,
+            "user_id": 2001,
+            "name": "again",
+            "credentials": {"bot_token": stack.tg.bot_token},
+        },
+    )
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "ALREADY_CONNECTED"
