@@ -7,8 +7,9 @@ import httpx2
 from service.config import Settings
 from service.providers.base import ProviderAdapter
 from service.providers.telegram import TelegramProvider
+from service.providers.twilio import TwilioProvider
 
-PROVIDERS = ("telegram",)
+PROVIDERS = ("telegram", "twilio")
 
 
 class UnknownProvider(ValueError):
@@ -19,4 +20,6 @@ def adapter_for(name: str, settings: Settings, http: httpx2.AsyncClient) -> Prov
     """The adapter for `name`, built on the process's HTTP client and configured base URL."""
     if name == "telegram":
         return TelegramProvider(settings.telegram_api_url, http)
+    if name == "twilio":
+        return TwilioProvider(settings.twilio_api_url, http, settings.base_url)
     raise UnknownProvider(f"unknown provider {name!r}; supported: {', '.join(PROVIDERS)}")
