@@ -13,6 +13,7 @@ Direction = Literal["in", "out"]
 #: one being handed to it); the rest are Pipedrive's enum.
 Status = Literal["pending", "sending", "sent", "delivered", "read", "failed"]
 
+_ID_PREFIX = {"telegram": "tg", "whatsapp": "wa", "twilio": "tw"}
 _RANK = {"pending": 0, "sending": 0.5, "sent": 1, "delivered": 2, "read": 3}
 
 
@@ -43,8 +44,9 @@ class Channel:
 
     @property
     def source_user_id(self) -> str:
-        """The business side's participant id in every conversation of this channel."""
-        return f"{self.provider[:2]}:biz:{self.account_id}"
+        """The business side's participant id in every conversation of this channel
+        (namespaced as chat-providers.md §1.2 suggests: `tg:`, `wa:`, `tw:`)."""
+        return f"{_ID_PREFIX[self.provider]}:biz:{self.account_id}"
 
     def as_json(self, webhook_url: str) -> dict[str, Any]:
         """What the admin API shows: no credentials."""

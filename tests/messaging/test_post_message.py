@@ -47,7 +47,7 @@ async def chat(
 async def post(stack: Stack, pcid: str, **kwargs: object) -> tuple[int, dict[str, object]]:
     values: dict[str, object] = {
         "conversation_id": CONVERSATION,
-        "sender_id": "te:biz:777002",
+        "sender_id": "tg:biz:777002",
         "recipient_ids": [f"tg:{CHAT}"],
         "message": "hello",
     }

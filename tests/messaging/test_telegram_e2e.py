@@ -115,7 +115,7 @@ async def test_post_message_answers_at_once_and_is_sent_then_reported(stack: Sta
         stack.pd.post_message,
         pcid,
         conversation_id=f"tg:777001:{CHAT}",
-        sender_id="te:biz:777001",
+        sender_id="tg:biz:777001",
         recipient_ids=[f"tg:{CHAT}"],
         message="Hi Jane, how can I help? ✅",
     )
@@ -132,7 +132,7 @@ async def test_post_message_answers_at_once_and_is_sent_then_reported(stack: Sta
     )
     reported = {m["id"]: m for m in stack.pd.received(pcid)}[message_id]
     assert reported["status"] == "sent"
-    assert reported["sender_id"] == "te:biz:777001"
+    assert reported["sender_id"] == "tg:biz:777001"
 
 
 async def test_blocked_bot_reports_failed(stack: Stack) -> None:
@@ -147,7 +147,7 @@ async def test_blocked_bot_reports_failed(stack: Stack) -> None:
         stack.pd.post_message,
         pcid,
         conversation_id=f"tg:777001:{CHAT}",
-        sender_id="te:biz:777001",
+        sender_id="tg:biz:777001",
         recipient_ids=[f"tg:{CHAT}"],
         message="are you there?",
     )
