@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 from structlog.testing import capture_logs
 
-from service.store import deliveries
+from service.providers.base import InboundMessage
+from service.store import channels, deliveries
 from tests.messaging.harness import ADMIN, serving
 from tests.pipedrive.bridge import Bridge, running_bridge, standin
 from tests.standins.pipedrive import PipedriveStandin, response_problems
@@ -22,6 +25,7 @@ from tests.standins.whatsapp import GraphStandin
 pytestmark = pytest.mark.anyio
 
 CUSTOMER = "16315551181"
+FIXTURES_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 
 
 @dataclass
@@ -234,3 +238,35 @@ async def test_an_image_is_rehosted(whatsapp: WhatsAppStack) -> None:
     assert whatsapp.wa.base_url not in attachment["url"]
     got = await whatsapp.bridge.http.get(attachment["url"].split(".example.com", 1)[1])
     assert got.content == picture
+
+
+async def test_every_recorded_whatsapp_body_is_acknowledged(whatsapp: WhatsAppStack) -> None:
+    """All real WhatsApp bodies, addressed to this channel's number and signed, are answered
+    2xx; every customer message the adapter reads in them reaches Pipedrive."""
+    folder = FIXTURES_ROOT / "whatsapp"
+    if not folder.is_dir():
+        pytest.skip("the shared fixtures folder is not beside the project")
+    adapter = whatsapp.bridge.services.adapter("whatsapp")
+    channel = await channels.get(
+        whatsapp.bridge.services.db, whatsapp.bridge.services.crypto, whatsapp.pcid
+    )
+    assert channel is not None
+    expected = set()
+    for path in sorted(folder.glob("*.json")):
+        payload = json.loads(path.read_text())
+        for entry in payload.get("entry", []):
+            for change in entry.get("changes", []):
+                metadata = change.get("value", {}).get("metadata")
+                if isinstance(metadata, dict):
+                    metadata["phone_number_id"] = whatsapp.wa.phone_number_id
+        response = await whatsapp.deliver(payload)
+        assert response.status_code == 200, (path.name, response.text)
+        for delivery in adapter.split(channel, whatsapp.wa.encode(payload), "application/json"):
+            if delivery.conversation_id is None:
+                continue
+            for event in adapter.parse(channel, delivery.payload):
+                if isinstance(event, InboundMessage):
+                    expected.add(event.message_id)
+    await whatsapp.bridge.run_worker()
+    assert expected
+    assert set(whatsapp.reported()) == expected
