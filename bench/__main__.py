@@ -20,10 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import sqlalchemy as sa
 
 from service.embedded_redis import EmbeddedRedis, free_port
 
@@ -154,8 +156,7 @@ async def post_updates(
         return total / (time.perf_counter() - started), latencies
 
 
-def bench_ingest(redis_url: str, workdir: Path, total: int) -> None:
-    database_url = f"sqlite:///{workdir}/ingest.db"
+def bench_ingest(redis_url: str, database_url: str, total: int) -> None:
     secret = "bench-webhook-secret"
     pcid = asyncio.run(seed_channel(database_url, secret))
     env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=database_url,
@@ -173,7 +174,8 @@ def bench_ingest(redis_url: str, workdir: Path, total: int) -> None:
         finally:
             process.terminate()
             process.wait()
-    print(f"\ningest POST /webhooks/telegram, {total} updates, 16 concurrent (SQLite, 1 process)")
+    store = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
+    print(f"\ningest POST /webhooks/telegram, {total} updates, 16 concurrent ({store}, 1 process)")
     for name, (rate, lat) in results.items():
         print(f"  {name:15} {rate:8.0f} req/s   {spread(lat)}")
     ratio = results["pdbridge"][0] / results["bare starlette"][0]
@@ -234,6 +236,26 @@ async def bench_queue(redis_url: str, workdir: Path, jobs: int) -> None:
     print(f"  ratio job start / PING (p50): {ratio:.1f}x")
 
 
+@contextlib.contextmanager
+def scratch_postgres(admin_url: str) -> Iterator[str]:
+    """A throwaway database next to `admin_url`'s, dropped afterwards."""
+    from service.store import Database
+
+    name = f"pdbridge_bench_{os.getpid()}"
+
+    async def admin(statement: str) -> None:
+        engine = Database(admin_url).engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+        await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def spread(values: list[float]) -> str:
     return f"p50 {pct(values, 0.5) * 1e3:6.2f} ms   p99 {pct(values, 0.99) * 1e3:6.2f} ms"
 
@@ -242,11 +264,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also measure ingest on PostgreSQL, in a scratch database created through URL "
+        "(e.g. postgresql://postgres@127.0.0.1:5432/test)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
         print(f"pdbridge benchmarks on {os.cpu_count()} cores, embedded Redis {redis.url}")
         bench_http(redis.url, Path(tmp), args.requests)
-        bench_ingest(redis.url, Path(tmp), args.requests // 2)
+        bench_ingest(redis.url, f"sqlite:///{tmp}/ingest.db", args.requests // 2)
+        if args.postgres:
+            with scratch_postgres(args.postgres) as database_url:
+                bench_ingest(redis.url, database_url, args.requests // 2)
         asyncio.run(bench_queue(redis.url, Path(tmp), args.jobs))
 
 
