@@ -10,7 +10,8 @@ sends with a bearer token (OAuth) or `x-api-token` (single-company mode); learns
 - 429: a daily-budget 429 (`x-daily-ratelimit-token-remaining: 0`, or 429s that go on for more
   than ~10 s) parks the installation and raises `DailyBudgetExhausted`; a burst 429 blocks the
   token for the announced reset and is resent, a few times at most.
-- HTML 403: Cloudflare's block; the token is parked.
+- HTML 403: Cloudflare's block; the company's work is parked (parks, like the budget, are
+  per company).
 - Everything else raises its error class without a resend; the queue decides about retries.
 
 Every call is logged (method, path, status, estimated cost, rate-limit headers), never a token.
@@ -129,12 +130,13 @@ class PipedriveClient:
                 f"installation {inst.key} is {inst.status}", code=inst.status
             )
         limiter_key = f"installation:{inst.id}"
+        park_key = f"company:{inst.company_id}"
         refreshed = False
         burst_resends = 0
         first_429: float | None = None
         token, version = await self._credentials(inst)
         while True:
-            ticket = await self._acquire(inst, limiter_key, token)
+            ticket = await self._acquire(inst, limiter_key, park_key, token)
             response = await self._send(inst, method, path, token, json, params)
             await self.limiter.observe(limiter_key, ticket, response.headers)
             status = response.status_code
@@ -143,11 +145,11 @@ class PipedriveClient:
                 token, version = await self.tokens.after_unauthorized(inst, version)
                 continue
             if status != 429:
-                return await self._result(inst, limiter_key, response)
+                return await self._result(inst, park_key, response)
             now = time.monotonic()
             first_429 = first_429 if first_429 is not None else now
             if _daily_exhausted(response) or now - first_429 > DAILY_SUSPECT_SECONDS:
-                raise await self._park(inst, limiter_key, "daily budget")
+                raise await self._park(inst, park_key, "daily budget")
             if burst_resends == MAX_BURST_RESENDS:
                 raise errors.RateLimited(
                     f"still rate limited after {burst_resends} resends",
@@ -162,11 +164,13 @@ class PipedriveClient:
                 limiter_key, max(reset_seconds(response.headers) or 0.0, backoff)
             )
 
-    async def _acquire(self, inst: Installation, limiter_key: str, token: str) -> str:
+    async def _acquire(
+        self, inst: Installation, limiter_key: str, park_key: str, token: str
+    ) -> str:
         """Wait for a send slot; the first caller after a park first probes with a cheap GET."""
         while True:
             try:
-                ticket, probe = await self.limiter.acquire(limiter_key)
+                ticket, probe = await self.limiter.acquire(limiter_key, park_key)
             except LimiterParked as parked:
                 raise errors.DailyBudgetExhausted(
                     f"installation {inst.key} is parked", retry_after=parked.seconds
@@ -176,8 +180,8 @@ class PipedriveClient:
             response = await self._send(inst, "GET", "/users/me", token, None, None)
             await self.limiter.observe(limiter_key, ticket, response.headers)
             if response.status_code == 429 or response.status_code == 403:
-                raise await self._park(inst, limiter_key, "probe still refused")
-            await self.limiter.unpark(limiter_key)
+                raise await self._park(inst, park_key, "probe still refused")
+            await self.limiter.unpark(park_key)
             log.info("pipedrive.unparked", installation=inst.key, probe_status=response.status_code)
 
     async def whoami(self, api_domain: str, *, bearer: str | None = None) -> dict[str, Any]:
@@ -252,10 +256,10 @@ class PipedriveClient:
         return response
 
     async def _park(
-        self, inst: Installation, limiter_key: str, why: str
+        self, inst: Installation, park_key: str, why: str
     ) -> errors.DailyBudgetExhausted:
-        """Park the installation's work; returns the error for the caller to raise."""
-        await self.limiter.park(limiter_key, self.probe_seconds)
+        """Park the company's work; returns the error for the caller to raise."""
+        await self.limiter.park(park_key, self.probe_seconds)
         log.warning(
             "pipedrive.parked",
             installation=inst.key,
@@ -270,7 +274,7 @@ class PipedriveClient:
         )
 
     async def _result(
-        self, inst: Installation, limiter_key: str, response: httpx2.Response
+        self, inst: Installation, park_key: str, response: httpx2.Response
     ) -> Envelope:
         status = response.status_code
         body = _json(response)
@@ -288,7 +292,7 @@ class PipedriveClient:
             log.error("pipedrive.auth_revoked", installation=inst.key, error=message)
             raise errors.AuthRevoked(message, status=status, code=code)
         if status == 403 and body is None and "html" in response.headers.get("content-type", ""):
-            await self.limiter.park(limiter_key, CLOUDFLARE_PARK_SECONDS)
+            await self.limiter.park(park_key, CLOUDFLARE_PARK_SECONDS)
             log.error("pipedrive.cloudflare_block", installation=inst.key, action="alert")
             raise errors.CloudflareBlocked(
                 "Pipedrive's edge blocked this token (HTML 403)",

@@ -4,7 +4,9 @@ Pipedrive allows `x-ratelimit-limit` requests per rolling 2-second window per to
 resets. The limiter keeps a sliding log of sends in Redis and, in one atomic script, answers
 "send now" or "wait N ms": it never lets a request out while a reset window announced by a 429 (or
 by `x-ratelimit-remaining: 0`) is open, nor while the installation is parked for its daily budget.
-Time is Redis's own clock, so processes on different hosts agree.
+Time is Redis's own clock, so processes on different hosts agree. Parks (a spent daily budget)
+are kept under their own key, so all installations of one company share them: the budget is the
+company's.
 
 Each send is logged when it is admitted and stamped again when its answer arrives (`complete`).
 Pipedrive counts a request when it arrives, which is between those two instants, so a log entry
@@ -41,14 +43,15 @@ _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
-local state = redis.call('HMGET', KEYS[2], 'limit', 'blocked_until', 'parked_until', 'probe_until')
-local parked = tonumber(state[3] or '0')
+local state = redis.call('HMGET', KEYS[2], 'limit', 'blocked_until')
+local park = redis.call('HMGET', KEYS[3], 'parked_until', 'probe_until')
+local parked = tonumber(park[1] or '0')
 if parked > now then return {-1, parked - now} end
 local probe = 0
 if parked > 0 then
-  local probing = tonumber(state[4] or '0')
+  local probing = tonumber(park[2] or '0')
   if probing > now then return {-1, math.min(probing - now, tonumber(ARGV[6]))} end
-  redis.call('HSET', KEYS[2], 'probe_until', now + tonumber(ARGV[5]))
+  redis.call('HSET', KEYS[3], 'probe_until', now + tonumber(ARGV[5]))
   probe = 1
 end
 local blocked = tonumber(state[2] or '0')
@@ -106,17 +109,18 @@ class RateLimiter:
         base = f"{redis_keys.RATE_LIMIT}{key}"
         return f"{base}:log", f"{base}:state"
 
-    async def acquire(self, key: str) -> tuple[str, bool]:
+    async def acquire(self, key: str, park_key: str | None = None) -> tuple[str, bool]:
         """Wait for a send slot; returns its ticket (for `complete`) and whether the caller is
         the one probe after a park ended (it must check with a cheap call and then `unpark`, or
-        `park` again). Raises `LimiterParked` while parked."""
+        `park` again). Raises `LimiterParked` while `park_key` (default: `key`) is parked."""
         log_key, state_key = self._keys(key)
+        park_state = self._keys(park_key or key)[1]
         while True:
             member = uuid.uuid4().hex
             result = cast(
                 "list[int]",
                 await self._acquire(
-                    keys=[log_key, state_key],
+                    keys=[log_key, state_key, park_state],
                     args=[
                         WINDOW_MS,
                         DEFAULT_LIMIT,

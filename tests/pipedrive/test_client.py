@@ -283,3 +283,17 @@ async def test_spent_budget_without_the_daily_header_is_parked(bridge: Bridge) -
     refused = [r for r in bridge.pd.requests if r.status == 429]
     assert 3 <= len(refused) <= 5
     assert bridge.pd.requests_inside_reset_window == 0
+
+
+async def test_a_spent_budget_parks_every_installation_of_the_company(bridge: Bridge) -> None:
+    """The daily budget is the company's: once one installation meets it, its siblings wait
+    too instead of each sending into the same 429."""
+    first = await bridge.install(1001, 2001)
+    sibling = await bridge.install(1001, 2002)
+    bridge.pd.exhaust_daily_budget(company_id=1001)
+    with pytest.raises(errors.DailyBudgetExhausted):
+        await bridge.services.pipedrive.get(first, "/users/me")
+    sent = len(bridge.pd.requests)
+    with pytest.raises(errors.DailyBudgetExhausted):
+        await bridge.services.pipedrive.get(sibling, "/users/me")
+    assert len(bridge.pd.requests) == sent
