@@ -13,8 +13,9 @@ through the provider, then reports `sent` (or `failed`) with the same id through
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from service import redis_keys
 from service.context import Services
@@ -44,6 +45,8 @@ log = get_logger(__name__)
 
 CONVERSATION_LOCK_SECONDS = 300.0
 TEMPLATES_TTL_SECONDS = 600
+#: How long a status for a message we do not know yet is kept for its sender to find.
+EARLY_STATUS_SECONDS = 600
 
 
 def source_user(channel: Channel) -> Participant:
@@ -292,9 +295,33 @@ async def apply_status(services: Services, channel: Channel, event: StatusEvent)
     """A provider status for one of our messages: stored and pushed only if it moves forward."""
     message = await messages.find_by_provider_id(services.db, channel.id, event.provider_message_id)
     if message is None:
-        log.info("status.unknown_message", provider_message_id=event.provider_message_id)
+        # The provider can report on a message before our send call has stored its id (or the
+        # message was sent outside the bridge): keep the status a while for the sender to find.
+        key = f"{redis_keys.EARLY_STATUS}{channel.id}:{event.provider_message_id}"
+        await cast(
+            "Awaitable[int]",
+            services.queue.redis.rpush(key, json.dumps([event.status, event.error])),
+        )
+        await services.queue.redis.expire(key, EARLY_STATUS_SECONDS)
+        log.info("status.early", provider_message_id=event.provider_message_id, status=event.status)
         return False
     return await advance(services, channel, message, event.status, error=event.error)
+
+
+async def _apply_early_statuses(
+    services: Services, channel: Channel, message: Message, provider_message_id: str
+) -> None:
+    """Statuses that arrived before the send call returned, applied now (forward-only)."""
+    key = f"{redis_keys.EARLY_STATUS}{channel.id}:{provider_message_id}"
+    early = await cast("Awaitable[list[bytes]]", services.queue.redis.lrange(key, 0, -1))
+    if not early:
+        return
+    await services.queue.redis.delete(key)
+    for raw in early:
+        status, error = json.loads(raw)
+        current = await messages.get_by_pk(services.db, message.id)
+        assert current is not None
+        await advance(services, channel, current, str(status), error=error)
 
 
 async def advance(
@@ -403,4 +430,5 @@ async def _send_one(
         raise
     await conversations.touch(services.db, conversation.id, message.created_at)
     await advance(services, channel, message, "sent", provider_message_id=provider_id)
+    await _apply_early_statuses(services, channel, message, provider_id)
     return "sent"

@@ -23,3 +23,5 @@ CONVERSATION_LOCK = "pdbridge:lock:conversation:"
 TEMPLATES = "pdbridge:templates:"
 #: Per channel: when the last backfill ran (ISO time).
 BACKFILL_MARK = "pdbridge:backfill:"
+#: Statuses that arrived before their message's provider id was stored (a list, short-lived).
+EARLY_STATUS = "pdbridge:early-status:"
