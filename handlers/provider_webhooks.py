@@ -29,7 +29,11 @@ async def receive(request: Request) -> Response:
     svc = services(request)
     provider = request.path_params["provider"]
     provider_channel_id = request.path_params["provider_channel_id"]
-    channel = await channels.get(svc.db, svc.crypto, provider_channel_id)
+    try:
+        channel = await channels.get(svc.db, svc.crypto, provider_channel_id)
+    except (SQLAlchemyError, OSError) as error:
+        log.error("provider_webhook.store_unavailable", provider=provider, error=str(error))
+        return error_response(503, "UNAVAILABLE", "try again later")
     if provider not in PROVIDERS or channel is None or channel.provider != provider:
         return error_response(404, "NOT_FOUND", "no such channel")
     adapter = svc.adapter(provider)
@@ -43,42 +47,24 @@ async def receive(request: Request) -> Response:
         return error_response(status, "UNAUTHORIZED", "webhook authentication failed")
     try:
         found = adapter.split(channel, body, request.headers.get("content-type", ""))
-    except InvalidWebhook as error:
+    except (InvalidWebhook, TypeError, KeyError, ValueError, AttributeError) as error:
         log.warning("provider_webhook.invalid", provider=provider, reason=str(error))
         return error_response(400, "INVALID_PAYLOAD", str(error))
-    installation_company = channel.installation_id
     try:
         for delivery in found:
-            if delivery.conversation_id is None:
-                await ingest.acknowledge_only(
-                    svc,
-                    source=channel.provider,
-                    dedupe_key=delivery.dedupe_key,
-                    payload=delivery.payload,
-                )
-                continue
-            accepted = await ingest.accept(
-                svc,
-                source=channel.provider,
-                dedupe_key=delivery.dedupe_key,
-                job="relay_conversation",
-                payload={
-                    "channel_id": channel.id,
-                    "installation_id": installation_company,
-                    "conversation_key": delivery.conversation_id,
-                    "raw": delivery.payload,
-                },
-                conversation_key=delivery.conversation_id,
-            )
+            accepted = await ingest.accept_chat_delivery(svc, channel, delivery)
             log.info(
                 "provider_webhook.received",
                 provider=provider,
                 channel=provider_channel_id,
-                duplicate=not accepted,
+                relayed=delivery.conversation_id is not None,
+                new=accepted,
             )
     except (RedisError, SQLAlchemyError, OSError) as error:
         log.error("provider_webhook.not_stored", provider=provider, error=str(error))
         return error_response(503, "UNAVAILABLE", "the update could not be stored; retry later")
+    if provider == "twilio":  # Twilio expects TwiML; an empty Response sends no reply
+        return Response("<Response></Response>", media_type="text/xml")
     return Response(status_code=200)
 
 

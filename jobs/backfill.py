@@ -29,22 +29,8 @@ async def backfill_channel(svc: Services, channel: Channel, since: datetime) -> 
     found = await svc.adapter(channel.provider).backfill(channel, since)
     new = 0
     for delivery in found:
-        if delivery.conversation_id is None:
-            continue
-        accepted = await ingest.accept(
-            svc,
-            source=channel.provider,
-            dedupe_key=delivery.dedupe_key,
-            job="relay_conversation",
-            payload={
-                "channel_id": channel.id,
-                "installation_id": channel.installation_id,
-                "conversation_key": delivery.conversation_id,
-                "raw": delivery.payload,
-            },
-            conversation_key=delivery.conversation_id,
-        )
-        new += int(accepted)
+        if delivery.conversation_id is not None:
+            new += int(await ingest.accept_chat_delivery(svc, channel, delivery))
     if new:
         log.warning("backfill.caught_up", channel=channel.provider_channel_id, missed=new)
     return new
@@ -59,6 +45,15 @@ async def backfill(ctx: JobContext) -> int:
         key = f"{redis_keys.BACKFILL_MARK}{channel.id}"
         mark = await svc.queue.redis.get(key)
         since = datetime.fromisoformat(mark.decode()) - OVERLAP if mark else now - MAX_LOOKBACK
-        total += await backfill_channel(svc, channel, max(since, now - MAX_LOOKBACK))
+        try:
+            total += await backfill_channel(svc, channel, max(since, now - MAX_LOOKBACK))
+        except Exception as error:  # noqa: BLE001 -- one broken channel must not stop the others
+            log.error(
+                "backfill.failed",
+                channel=channel.provider_channel_id,
+                error=str(error),
+                error_type=type(error).__name__,
+            )
+            continue  # the mark stays: the next run looks back from the same point
         await svc.queue.redis.set(key, now.isoformat())
     return total

@@ -12,12 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from service.context import Services
+from service.models import Channel
+from service.providers.base import Delivery
 from service.store import deliveries
 from service.store.deliveries import Source
 
 
 def job_key(source: Source, dedupe_key: str) -> str:
     return f"in:{source}:{dedupe_key}"
+
+
+def conversation_key(channel_id: int, conversation_id: str) -> str:
+    """Deliveries are grouped per channel and conversation: a number that moves from one
+    company's channel to another's never mixes their pending traffic."""
+    return f"{channel_id}:{conversation_id}"
 
 
 async def accept(
@@ -56,4 +64,30 @@ async def acknowledge_only(
         job="none",
         payload=payload,
         status="done",
+    )
+
+
+async def accept_chat_delivery(services: Services, channel: Channel, delivery: Delivery) -> bool:
+    """Record a provider delivery and queue the relay of its conversation (webhook or backfill);
+    one with no conversation is recorded as done. False for a duplicate."""
+    if delivery.conversation_id is None:
+        await acknowledge_only(
+            services,
+            source=channel.provider,
+            dedupe_key=delivery.dedupe_key,
+            payload=delivery.payload,
+        )
+        return False
+    return await accept(
+        services,
+        source=channel.provider,
+        dedupe_key=delivery.dedupe_key,
+        job="relay_conversation",
+        payload={
+            "channel_id": channel.id,
+            "company_channel": channel.provider_channel_id,
+            "conversation_key": delivery.conversation_id,
+            "raw": delivery.payload,
+        },
+        conversation_key=conversation_key(channel.id, delivery.conversation_id),
     )

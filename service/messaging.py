@@ -20,6 +20,7 @@ from typing import Any, cast
 from service import redis_keys
 from service.context import Services
 from service.errors import is_transient
+from service.ingest import conversation_key as ingest_key
 from service.logging import get_logger
 from service.media import MAX_MEDIA_BYTES, media_url, new_media_key
 from service.models import Channel, Conversation, Message, Participant, StoredAttachment
@@ -152,7 +153,9 @@ async def relay_conversation(services: Services, channel: Channel, conversation_
     relayed = 0
     async with lock:
         source = channel.provider
-        pending = await deliveries.pending_for_conversation(services.db, source, conversation_key)
+        pending = await deliveries.pending_for_conversation(
+            services.db, source, ingest_key(channel.id, conversation_key)
+        )
         for row in pending:
             raw = row["payload"].get("raw", row["payload"])
             try:
@@ -166,7 +169,7 @@ async def relay_conversation(services: Services, channel: Channel, conversation_
                     raise  # the job retries; later deliveries wait, so the order holds
                 # This delivery will fail however often it is tried: set it aside as a dead
                 # letter (replayable) instead of blocking the rest of the conversation.
-                await _set_aside(services, channel, row, error)
+                await _set_aside(services, channel, row, conversation_key, error)
                 continue
             await deliveries.set_status(
                 services.db, source=source, dedupe_key=row["dedupe_key"], status="done"
@@ -176,7 +179,11 @@ async def relay_conversation(services: Services, channel: Channel, conversation_
 
 
 async def _set_aside(
-    services: Services, channel: Channel, row: dict[str, Any], error: Exception
+    services: Services,
+    channel: Channel,
+    row: dict[str, Any],
+    conversation_key: str,
+    error: Exception,
 ) -> None:
     await deliveries.set_status(
         services.db, source=channel.provider, dedupe_key=row["dedupe_key"], status="failed"
@@ -189,7 +196,7 @@ async def _set_aside(
             "channel_id": channel.id,
             "source": channel.provider,
             "dedupe_key": row["dedupe_key"],
-            "conversation_key": row["conversation_key"],
+            "conversation_key": conversation_key,
         },
         error=f"{type(error).__name__}: {error}",
         tries=1,
@@ -251,7 +258,7 @@ async def relay_inbound(services: Services, channel: Channel, event: InboundMess
         await messages.set_attachments(services.db, message.id, stored)
         if missing:
             note = "\n".join(f"[attachment not available: {m}]" for m in missing)
-            await messages.set_text(services.db, message.id, f"{message.text}\n{note}".strip())
+            await messages.set_text(services.db, message.id, f"{event.text}\n{note}".strip())
         refreshed = await messages.get_by_pk(services.db, message.id)
         assert refreshed is not None
         message = refreshed
@@ -389,14 +396,9 @@ async def deliver_outbound(services: Services, message_id: int, *, last_try: boo
 async def _send_one(
     services: Services, channel: Channel, message: Message, *, last_try: bool
 ) -> str:
-    if not await messages.move(services.db, message.id, "pending", "sending"):
-        return "skipped"  # another worker has it
-    if channel.status != "active":
-        await advance(services, channel, message, "failed", error="the channel was removed")
-        return "failed"
     conversation = await conversations.get_by_pk(services.db, message.conversation_id)
     assert conversation is not None
-    files = [
+    files = [  # read before the claim: a failure here has certainly sent nothing
         OutgoingFile(
             a.name,
             a.mime_type,
@@ -405,6 +407,11 @@ async def _send_one(
         )
         for a in message.attachments
     ]
+    if not await messages.move(services.db, message.id, "pending", "sending"):
+        return "skipped"  # another worker has it
+    if channel.status != "active":
+        await advance(services, channel, message, "failed", error="the channel was removed")
+        return "failed"
     try:
         provider_id = await services.adapter(channel.provider).send(
             channel, conversation.address, message.text, files
@@ -425,9 +432,8 @@ async def _send_one(
             return "failed"
         await messages.move(services.db, message.id, "sending", "pending")  # certainly unsent
         raise
-    except BaseException:
-        await messages.move(services.db, message.id, "sending", "pending")
-        raise
+    # Anything else (a bug, a cancelled job) leaves the message `sending`: the next try finds it
+    # under the conversation lock and reports it failed rather than risk sending it twice.
     await conversations.touch(services.db, conversation.id, message.created_at)
     await advance(services, channel, message, "sent", provider_message_id=provider_id)
     await _apply_early_statuses(services, channel, message, provider_id)

@@ -305,7 +305,23 @@ class WhatsAppProvider:
 
     async def fetch_media(self, channel: Channel, media: MediaRef) -> bytes:
         """Look the media id up (JSON with a short-lived URL), then download that URL with the
-        same bearer token (§3.9). The URL must be on one of Meta's media hosts."""
+        same bearer token (§3.9). The URL must be on one of Meta's media hosts. A refused
+        download is looked up once more (the URL lives five minutes); a second refusal means
+        the file is gone, and the message goes on without it rather than waiting."""
+        try:
+            return await self._fetch_once(channel, media)
+        except ProviderTransient as first:
+            if "media download" not in str(first):
+                raise
+            log.info("whatsapp.media_refetch", name=media.name, reason=str(first))
+        try:
+            return await self._fetch_once(channel, media)
+        except ProviderTransient as second:
+            if "media download" not in str(second) or "HTTP 5" in str(second):
+                raise
+            raise ProviderPermanent(f"{second} (after a fresh lookup)") from None
+
+    async def _fetch_once(self, channel: Channel, media: MediaRef) -> bytes:
         if not _MEDIA_ID.fullmatch(media.ref):
             raise ProviderPermanent(f"file {media.name}: not a WhatsApp media id")
         token = self._token(channel)
@@ -721,7 +737,8 @@ def _identity(
 
 def _not_relayed(message: Mapping[str, Any]) -> str | None:
     """Why a customer message is acknowledged only, or None to relay it."""
-    if message.get("type") in _NOT_RELAYED_TYPES:
+    kind = message.get("type")
+    if isinstance(kind, str) and kind in _NOT_RELAYED_TYPES:
         return f"{message.get('type')} message"
     if message.get("group_id"):
         return "group message"

@@ -95,6 +95,8 @@ async def test_signed_sms_with_media_reaches_pipedrive_rehosted(twilio: TwilioSt
     )
     response = await twilio.deliver(form)
     assert response.status_code == 200
+    assert response.text == "<Response></Response>"
+    assert response.headers["content-type"].startswith("text/xml")
     await twilio.bridge.run_worker()
     [message] = twilio.pd.received(twilio.pcid)
     assert message["message"] == "Photo of the meter"

@@ -358,11 +358,13 @@ async def test_unknown_media_and_bad_media_ids(
     assert len(graph.requests) == 1
 
 
-async def test_expired_media_url_is_transient(provider: WhatsAppProvider, channel: Channel) -> None:
+async def test_a_media_url_refused_twice_is_given_up(
+    provider: WhatsAppProvider, channel: Channel
+) -> None:
     with GraphStandin(media_url_ttl=-1) as graph:
         provider = WhatsAppProvider(graph.graph_url, provider.http)
         media_id = graph.add_media(JPEG, "image/jpeg")
-        with pytest.raises(ProviderTransient, match="HTTP 404"):
+        with pytest.raises(ProviderPermanent, match=r"HTTP 404.*after a fresh lookup"):
             await provider.fetch_media(channel, MediaRef(media_id, "image/jpeg", "a.jpg", None))
 
 
