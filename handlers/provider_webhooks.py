@@ -51,6 +51,19 @@ async def receive(request: Request) -> Response:
         log.warning("provider_webhook.invalid", provider=provider, reason=str(error))
         return error_response(400, "INVALID_PAYLOAD", str(error))
     try:
+        siblings = (
+            [
+                other
+                for other in await channels.list_active(svc.db, svc.crypto)
+                if adapter.shares_webhooks(channel, other)
+            ]
+            if adapter.may_share_webhooks
+            else []
+        )
+        for other in siblings:  # their share of the body, cut by their own adapter view
+            for delivery in adapter.split(other, body, request.headers.get("content-type", "")):
+                if delivery.conversation_id is not None:
+                    await ingest.accept_chat_delivery(svc, other, delivery)
         for delivery in found:
             accepted = await ingest.accept_chat_delivery(svc, channel, delivery)
             log.info(

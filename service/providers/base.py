@@ -131,6 +131,8 @@ class ProviderAdapter(Protocol):
     #: How long after the customer's last message a reply is allowed (WhatsApp: 24 h); None
     #: when there is no window. Becomes `reply_by` on every message of the conversation.
     reply_window: timedelta | None
+    #: True when one webhook URL can carry several channels' traffic (see `shares_webhooks`).
+    may_share_webhooks: bool
 
     def check_credentials(self, credentials: Mapping[str, Any]) -> dict[str, Any]:
         """The credentials to store, or InvalidCredentials naming what is missing."""
@@ -176,6 +178,11 @@ class ProviderAdapter(Protocol):
 
     async def list_templates(self, channel: Channel) -> list[dict[str, str]]:
         """Approved message templates as `{id, name, content, language}`; [] when none."""
+        ...
+
+    def shares_webhooks(self, channel: Channel, other: Channel) -> bool:
+        """Can a webhook sent to `channel`'s URL carry traffic for `other`? (Meta sends every
+        number of one app to the app's single callback URL.)"""
         ...
 
     async def backfill(self, channel: Channel, since: datetime) -> list[Delivery]:

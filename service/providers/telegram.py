@@ -54,6 +54,7 @@ class TelegramProvider:
     pipedrive_provider_type = "other"
     template_support = False
     reply_window: timedelta | None = None
+    may_share_webhooks = False
 
     def __init__(self, api_url: str, http: httpx2.AsyncClient) -> None:
         self.api_url = api_url
@@ -97,6 +98,9 @@ class TelegramProvider:
 
     async def list_templates(self, channel: Channel) -> list[dict[str, str]]:
         return []  # Pipedrive supports templates for WhatsApp only
+
+    def shares_webhooks(self, channel: Channel, other: Channel) -> bool:
+        return False  # every channel has its own webhook URL
 
     async def backfill(self, channel: Channel, since: datetime) -> list[Delivery]:
         # getUpdates does not work while a webhook is set, and Telegram itself keeps undelivered

@@ -124,6 +124,7 @@ class TwilioProvider:
     pipedrive_provider_type = "other"
     template_support = False
     reply_window: timedelta | None = None
+    may_share_webhooks = False
 
     def __init__(self, api_url: str, http: httpx2.AsyncClient, public_base_url: str) -> None:
         self.api_url = api_url.rstrip("/")
@@ -300,6 +301,9 @@ class TwilioProvider:
                     f"Twilio media download failed: {type(error).__name__}"
                 ) from None
         raise ProviderPermanent(f"Twilio media {media.name}: more than {MAX_REDIRECTS} redirects")
+
+    def shares_webhooks(self, channel: Channel, other: Channel) -> bool:
+        return False  # every channel has its own webhook URL
 
     async def backfill(self, channel: Channel, since: datetime) -> list[Delivery]:
         """Inbound messages to our address since `since`, oldest first, as the deliveries their

@@ -143,6 +143,7 @@ class WhatsAppProvider:
     pipedrive_provider_type = "whatsapp"
     template_support = True
     reply_window: timedelta | None = timedelta(hours=24)
+    may_share_webhooks = True
 
     def __init__(self, graph_url: str, http: httpx2.AsyncClient) -> None:
         self.graph_url = graph_url.rstrip("/")
@@ -215,6 +216,21 @@ class WhatsAppProvider:
         if not isinstance(expected, str) or not expected or given is None:
             return None
         return challenge if constant_time_equals(given, expected) else None
+
+    def shares_webhooks(self, channel: Channel, other: Channel) -> bool:
+        """One Meta app has one callback URL for all its numbers: a body signed with this
+        channel's app secret may carry another number's traffic when that number belongs to
+        the same app (the same app secret)."""
+        return (
+            other.provider == self.name
+            and other.id != channel.id
+            and hmac.compare_digest(
+                str(other.credentials.get("app_secret", "")),
+                str(channel.credentials.get("app_secret", "")),
+            )
+            and other.credentials.get("phone_number_id")
+            != channel.credentials.get("phone_number_id")
+        )
 
     async def backfill(self, channel: Channel, since: datetime) -> list[Delivery]:
         return []  # the Cloud API lists no messages; Meta itself redelivers for days (§3.3)

@@ -292,3 +292,33 @@ async def test_a_status_that_overtakes_its_send_is_applied_after_it(
     assert message is not None
     await messaging._apply_early_statuses(svc, channel, message, "wamid.not-yet-stored")
     assert whatsapp.reported()[reply_id]["status"] == "read"
+
+
+async def test_two_numbers_of_one_app_share_the_callback_url(whatsapp: WhatsAppStack) -> None:
+    """Meta sends every number of an app to one URL: a message for the second number that
+    arrives at the first channel's URL reaches the second channel's conversation."""
+    second_number = "106540352242999"
+    whatsapp.wa.other_phone_numbers.add(second_number)
+    credentials = {**whatsapp.wa.credentials, "phone_number_id": second_number}
+    response = await whatsapp.bridge.http.post(
+        "/admin/channels",
+        headers=ADMIN,
+        json={
+            "provider": "whatsapp",
+            "company_id": 1001,
+            "user_id": 2001,
+            "name": "Second line",
+            "credentials": credentials,
+        },
+    )
+    assert response.status_code == 201, response.text
+    second = response.json()["provider_channel_id"]
+    webhook = whatsapp.wa.text_webhook(wamid="wamid.second", wa_id=CUSTOMER, text="for line two")
+    for change in webhook["entry"][0]["changes"]:
+        change["value"]["metadata"]["phone_number_id"] = second_number
+    assert (await whatsapp.deliver(webhook)).status_code == 200
+    await whatsapp.bridge.run_worker()
+    [message] = whatsapp.pd.received(second)
+    assert message["message"] == "for line two"
+    assert message["conversation_id"] == f"wa:{second_number}:{CUSTOMER}"
+    assert whatsapp.pd.received(whatsapp.pcid) == []

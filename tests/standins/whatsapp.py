@@ -307,6 +307,10 @@ class GraphStandin:
         #: List every template whatever the `status` / `name` / `language` filters say (their
         #: support is unconfirmed, doc §3.8), to check that the client filters by itself.
         self.ignore_template_filters = False
+        #: More numbers of the same app (and WABA) that answer the account lookup, for tests of
+        #: one callback URL carrying several numbers' traffic. Sending is modelled for the
+        #: main number only.
+        self.other_phone_numbers: set[str] = set()
         self._lock = threading.Lock()
         self._state = _State()
         self.app = Starlette(
@@ -714,6 +718,8 @@ class GraphStandin:
             object_id = segments[0]
             if method == "GET" and object_id == self.phone_number_id:
                 return JSONResponse(self._phone_number(rec))
+            if method == "GET" and object_id in self.other_phone_numbers:
+                return JSONResponse({"id": object_id, "verified_name": "Second line"})
             if method == "GET" and object_id == self.waba_id:
                 return JSONResponse({"id": self.waba_id, "name": "Pdbridge Test WABA"})
             if object_id in self._state.media and method in ("GET", "DELETE"):
