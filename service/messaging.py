@@ -99,7 +99,7 @@ def reply_deadline(
     services: Services, channel: Channel, conversation: Conversation
 ) -> datetime | None:
     """The customer's last message plus the provider's reply window (WhatsApp: 24 h)."""
-    window = services.adapter(channel.provider).reply_window
+    window = services.adapter(channel.provider).reply_window_for(channel)
     if window is None or conversation.last_inbound_at is None:
         return None
     return conversation.last_inbound_at + window

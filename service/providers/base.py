@@ -130,6 +130,7 @@ class ProviderAdapter(Protocol):
     template_support: bool
     #: How long after the customer's last message a reply is allowed (WhatsApp: 24 h); None
     #: when there is no window. Becomes `reply_by` on every message of the conversation.
+    #: `reply_window_for` may refine it per channel (Twilio: only its WhatsApp senders).
     reply_window: timedelta | None
     #: True when one webhook URL can carry several channels' traffic (see `shares_webhooks`).
     may_share_webhooks: bool
@@ -178,6 +179,10 @@ class ProviderAdapter(Protocol):
 
     async def list_templates(self, channel: Channel) -> list[dict[str, str]]:
         """Approved message templates as `{id, name, content, language}`; [] when none."""
+        ...
+
+    def reply_window_for(self, channel: Channel) -> timedelta | None:
+        """The reply window of this channel (usually `reply_window`)."""
         ...
 
     def shares_webhooks(self, channel: Channel, other: Channel) -> bool:

@@ -99,6 +99,9 @@ class TelegramProvider:
     async def list_templates(self, channel: Channel) -> list[dict[str, str]]:
         return []  # Pipedrive supports templates for WhatsApp only
 
+    def reply_window_for(self, channel: Channel) -> timedelta | None:
+        return self.reply_window
+
     def shares_webhooks(self, channel: Channel, other: Channel) -> bool:
         return False  # every channel has its own webhook URL
 

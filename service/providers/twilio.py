@@ -115,9 +115,8 @@ _DEFAULT_PORTS = {"https": 443, "http": 80}
 class TwilioProvider:
     """The Twilio adapter (satisfies `ProviderAdapter`).
 
-    `pipedrive_provider_type` stays "other" even for `whatsapp:` senders, and `reply_window`
-    stays None although WhatsApp through Twilio has a 24-hour window (63016): both are class-wide
-    in the Protocol, while SMS or WhatsApp is a property of each channel.
+    `pipedrive_provider_type` stays "other" even for `whatsapp:` senders (it is class-wide in
+    the Protocol); the 24-hour window of WhatsApp through Twilio comes from `reply_window_for`.
     """
 
     name = "twilio"
@@ -301,6 +300,11 @@ class TwilioProvider:
                     f"Twilio media download failed: {type(error).__name__}"
                 ) from None
         raise ProviderPermanent(f"Twilio media {media.name}: more than {MAX_REDIRECTS} redirects")
+
+    def reply_window_for(self, channel: Channel) -> timedelta | None:
+        """WhatsApp through Twilio keeps WhatsApp's 24-hour window (error 63016); SMS has none."""
+        sender = str(channel.credentials.get("from", ""))
+        return timedelta(hours=24) if sender.startswith("whatsapp:") else None
 
     def shares_webhooks(self, channel: Channel, other: Channel) -> bool:
         return False  # every channel has its own webhook URL

@@ -217,6 +217,9 @@ class WhatsAppProvider:
             return None
         return challenge if constant_time_equals(given, expected) else None
 
+    def reply_window_for(self, channel: Channel) -> timedelta | None:
+        return self.reply_window
+
     def shares_webhooks(self, channel: Channel, other: Channel) -> bool:
         """One Meta app has one callback URL for all its numbers: a body signed with this
         channel's app secret may carry another number's traffic when that number belongs to

@@ -218,3 +218,33 @@ async def test_every_recorded_twilio_body_is_acknowledged(twilio: TwilioStack) -
     await twilio.bridge.run_worker()
     assert len(twilio.pd.received(twilio.pcid)) == inbound
     assert await dead_letters.list_all(twilio.bridge.services.db) == []
+
+
+async def test_whatsapp_through_twilio_gets_a_reply_window(twilio: TwilioStack) -> None:
+    """A `whatsapp:` sender on Twilio keeps WhatsApp's 24-hour window: `reply_by` is set;
+    plain SMS has none."""
+    response = await twilio.bridge.http.post(
+        "/admin/channels",
+        headers=ADMIN,
+        json={
+            "provider": "twilio",
+            "company_id": 1001,
+            "user_id": 2001,
+            "name": "WhatsApp via Twilio",
+            "credentials": {**twilio.tw.credentials, "from": f"whatsapp:{twilio.tw.number}"},
+        },
+    )
+    assert response.status_code == 201, response.text
+    whatsapp = TwilioStack(
+        twilio.bridge, twilio.pd, twilio.tw, response.json()["provider_channel_id"]
+    )
+    await whatsapp.deliver(twilio.tw.add_inbound(from_=f"whatsapp:{CUSTOMER}", body="hola"))
+    await twilio.deliver(twilio.tw.add_inbound(from_=CUSTOMER, body="sms"))
+    await twilio.bridge.run_worker()
+    [on_whatsapp] = twilio.pd.received(whatsapp.pcid)
+    created = datetime.strptime(on_whatsapp["created_at"], "%Y-%m-%d %H:%M")
+    assert datetime.strptime(on_whatsapp["reply_by"], "%Y-%m-%d %H:%M") - created == timedelta(
+        hours=24
+    )
+    [on_sms] = twilio.pd.received(twilio.pcid)
+    assert "reply_by" not in on_sms
