@@ -59,7 +59,6 @@ import hmac
 import http
 import re
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -69,10 +68,11 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import parse_qsl, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from tests.standins.server import ServerThread
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -185,50 +185,24 @@ class TwilioStandin:
         self._unsubscribed: set[str] = set()
 
         self.app = Starlette(routes=self._routes())
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._server: ServerThread | None = None
         self._port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Self:
         """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts."""
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("already started")
-        # IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listener says so.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, lifespan="off", log_level="warning", access_log=False, ws="none"
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="twilio-standin", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("Twilio stand-in did not start")
-            time.sleep(0.01)
+        self._server = ServerThread(self.app, name="twilio-standin").start()
+        self._port = self._server.port
         return self
 
     def stop(self) -> None:
         """Stop serving and wait for the thread. Safe to call twice."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                self._server.force_exit = True
-                self._thread.join(timeout=5)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> Self:
         return self.start()

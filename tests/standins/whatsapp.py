@@ -64,18 +64,18 @@ import hmac
 import json
 import re
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.standins.server import ServerThread
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -318,51 +318,24 @@ class GraphStandin:
                 Route("/{path:path}", self._endpoint, methods=["GET", "POST", "DELETE"]),
             ]
         )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._server: ServerThread | None = None
         self._port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Self:
         """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts."""
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("already started")
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only when the
-        # listening socket says so (see the Telegram stand-in).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, lifespan="off", log_level="warning", access_log=False, ws="none"
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="graph-standin", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("Graph stand-in did not start")
-            time.sleep(0.01)
+        self._server = ServerThread(self.app, name="whatsapp-standin").start()
+        self._port = self._server.port
         return self
 
     def stop(self) -> None:
         """Stop serving and wait for the thread. Safe to call twice."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                self._server.force_exit = True
-                self._thread.join(timeout=5)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> Self:
         return self.start()
