@@ -136,11 +136,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import ServerThread
+from tests.standins.server import Served, ServerThread
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
-    from types import TracebackType
 
     from jsonschema.protocols import Validator
     from starlette.requests import Request
@@ -879,7 +878,7 @@ Handler: TypeAlias = "Callable[[RecordedRequest, Mapping[str, Any]], Response]"
 ApiHandler: TypeAlias = "Callable[[RecordedRequest, Mapping[str, Any], _Caller], Response]"
 
 
-class PipedriveStandin:
+class PipedriveStandin(Served):
     """The stand-in server. Use as a context manager, or call ``start()`` and ``stop()``."""
 
     def __init__(
@@ -946,8 +945,6 @@ class PipedriveStandin:
             self._api_tokens[api_token] = (company_id, user_id)
 
         self.app = Starlette(routes=self._routes())
-        self._server: ServerThread | None = None
-        self._port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -985,24 +982,6 @@ class PipedriveStandin:
         if self._server is not None:
             self._server.stop()
         self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``: PIPEDRIVE_OAUTH_URL and PIPEDRIVE_API_URL."""
-        if self._port is None:
-            raise RuntimeError("the stand-in is not started")
-        return f"http://127.0.0.1:{self._port}"
 
     @property
     def api_v1_url(self) -> str:

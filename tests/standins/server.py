@@ -81,3 +81,45 @@ class ServerThread:
         if self.port is None:
             raise RuntimeError(f"{self.name} is not started")
         return f"http://127.0.0.1:{self.port}"
+
+
+class Served:
+    """What the stand-ins share: serve `self.app` on a `ServerThread`, as a context manager,
+    at `base_url`. Subclasses set `app` (and `server_name`) in their `__init__`."""
+
+    app: ASGIApp
+    server_name = "standin"
+    _server: ServerThread | None = None
+    _port: int | None = None
+
+    def start(self) -> Self:
+        """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        self._server = ServerThread(self.app, name=self.server_name).start()
+        self._port = self._server.port
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread. Safe to call twice."""
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``: the base URL the service is configured with."""
+        if self._port is None:
+            raise RuntimeError("the stand-in is not started")
+        return f"http://127.0.0.1:{self._port}"

@@ -78,7 +78,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.applications import Starlette
@@ -86,11 +86,10 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import ServerThread
+from tests.standins.server import Served
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from types import TracebackType
 
     from starlette.requests import Request
 
@@ -244,7 +243,7 @@ class _RejectedError(Exception):
         self.note = note
 
 
-class TelegramStandin:
+class TelegramStandin(Served):
     """The stand-in server. Use as a context manager, or call ``start()`` and ``stop()``."""
 
     def __init__(
@@ -295,42 +294,9 @@ class TelegramStandin:
             ]
         }
         self.app = Starlette(routes=self._routes())
-        self._server: ServerThread | None = None
-        self._port: int | None = None
+        self.server_name = "telegram-standin"
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> Self:
-        """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts."""
-        if self._server is not None:
-            raise RuntimeError("already started")
-        self._server = ServerThread(self.app, name="telegram-standin").start()
-        self._port = self._server.port
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread. Safe to call twice."""
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``: what the service uses as TELEGRAM_API_URL."""
-        if self._port is None:
-            raise RuntimeError("the stand-in is not started")
-        return f"http://127.0.0.1:{self._port}"
+    # ------------------------------------------------------------------ addresses
 
     @property
     def api_url(self) -> str:

@@ -65,18 +65,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import format_datetime
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import ServerThread
+from tests.standins.server import Served
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from starlette.requests import Request
 
 __all__ = ["API_VERSION", "MAX_BODY_CHARS", "MAX_MEDIA_URLS", "RecordedRequest", "TwilioStandin"]
@@ -158,7 +156,7 @@ class _Rejected(Exception):
         self.retry_after = retry_after
 
 
-class TwilioStandin:
+class TwilioStandin(Served):
     """The stand-in server. Use as a context manager, or call ``start()`` and ``stop()``."""
 
     def __init__(
@@ -185,42 +183,9 @@ class TwilioStandin:
         self._unsubscribed: set[str] = set()
 
         self.app = Starlette(routes=self._routes())
-        self._server: ServerThread | None = None
-        self._port: int | None = None
+        self.server_name = "twilio-standin"
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> Self:
-        """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts."""
-        if self._server is not None:
-            raise RuntimeError("already started")
-        self._server = ServerThread(self.app, name="twilio-standin").start()
-        self._port = self._server.port
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread. Safe to call twice."""
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``: what the service uses as TWILIO_API_URL."""
-        if self._port is None:
-            raise RuntimeError("the stand-in is not started")
-        return f"http://127.0.0.1:{self._port}"
+    # ------------------------------------------------------------------ addresses
 
     @property
     def account_path(self) -> str:

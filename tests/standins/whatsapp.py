@@ -67,7 +67,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
@@ -75,11 +75,9 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import ServerThread
+from tests.standins.server import Served
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from starlette.requests import Request
 
 __all__ = [
@@ -283,7 +281,7 @@ class _State:
     media_counter: int = 0
 
 
-class GraphStandin:
+class GraphStandin(Served):
     """The stand-in server. Use as a context manager, or call ``start()`` and ``stop()``."""
 
     def __init__(
@@ -318,42 +316,9 @@ class GraphStandin:
                 Route("/{path:path}", self._endpoint, methods=["GET", "POST", "DELETE"]),
             ]
         )
-        self._server: ServerThread | None = None
-        self._port: int | None = None
+        self.server_name = "whatsapp-standin"
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> Self:
-        """Serve on a free port of 127.0.0.1 in a background thread; returns when it accepts."""
-        if self._server is not None:
-            raise RuntimeError("already started")
-        self._server = ServerThread(self.app, name="whatsapp-standin").start()
-        self._port = self._server.port
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread. Safe to call twice."""
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        if self._port is None:
-            raise RuntimeError("the stand-in is not started")
-        return f"http://127.0.0.1:{self._port}"
+    # ------------------------------------------------------------------ addresses
 
     @property
     def graph_url(self) -> str:
