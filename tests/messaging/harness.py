@@ -38,20 +38,9 @@ class Stack:
         return self.bridge.http
 
     async def add_channel(self, name: str = "Support bot") -> dict[str, Any]:
-        response = await self.http.post(
-            "/admin/channels",
-            headers=ADMIN,
-            json={
-                "provider": "telegram",
-                "company_id": 1001,
-                "user_id": 2001,
-                "name": name,
-                "credentials": {"bot_token": self.tg.bot_token},
-            },
+        return await connect_channel(
+            self.bridge, "telegram", {"bot_token": self.tg.bot_token}, name=name
         )
-        assert response.status_code == 201, response.text
-        body: dict[str, Any] = response.json()
-        return body
 
     async def channel(self, provider_channel_id: str) -> Channel:
         found = await channels.get(
@@ -99,14 +88,45 @@ async def serving(app: Any) -> AsyncIterator[str]:
         await task
 
 
+async def connect_channel(
+    bridge: Bridge, provider: str, credentials: dict[str, Any], *, name: str = "Channel"
+) -> dict[str, Any]:
+    """`POST /admin/channels` for the installation `served_bridge` made; must succeed."""
+    response = await bridge.http.post(
+        "/admin/channels",
+        headers=ADMIN,
+        json={
+            "provider": provider,
+            "company_id": 1001,
+            "user_id": 2001,
+            "name": name,
+            "credentials": credentials,
+        },
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@asynccontextmanager
+async def served_bridge(
+    stack: tuple[str, str], pd: PipedriveStandin, **overrides: Any
+) -> AsyncIterator[tuple[Bridge, str]]:
+    """The bridge on a real socket, Pipedrive's manifest pointing at it, installed for
+    company 1001 / user 2001; yields the bridge and its URL."""
+    from service.pipedrive.manifest import manifest
+
+    async with running_bridge(stack, pd, **overrides) as bridge:
+        app = bridge.http._transport.app  # type: ignore[attr-defined]
+        async with serving(app) as url:
+            pd.set_manifest(manifest(url))
+            await bridge.install()
+            yield bridge, url
+
+
 @asynccontextmanager
 async def running_stack(
     stack: tuple[str, str], pd: PipedriveStandin, tg: TelegramStandin
 ) -> AsyncIterator[Stack]:
-    async with running_bridge(stack, pd, telegram_api_url=tg.base_url) as bridge:
-        app = bridge.http._transport.app  # type: ignore[attr-defined]
-        async with serving(app) as url:
-            running = Stack(bridge, pd, tg, url)
-            pd.set_manifest(running.manifest())
-            await bridge.install()
-            yield running
+    async with served_bridge(stack, pd, telegram_api_url=tg.base_url) as (bridge, url):
+        yield Stack(bridge, pd, tg, url)

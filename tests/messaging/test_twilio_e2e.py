@@ -15,8 +15,8 @@ import pytest
 
 from jobs.backfill import backfill_channel
 from service.store import dead_letters, deliveries
-from tests.messaging.harness import ADMIN, serving
-from tests.pipedrive.bridge import PUBLIC_URL, Bridge, running_bridge, standin
+from tests.messaging.harness import connect_channel, served_bridge
+from tests.pipedrive.bridge import PUBLIC_URL, Bridge, standin
 from tests.standins.pipedrive import PipedriveStandin
 from tests.standins.twilio import TwilioStandin
 
@@ -65,26 +65,9 @@ def tw() -> Iterator[TwilioStandin]:
 async def twilio(
     stack: tuple[str, str], pd: PipedriveStandin, tw: TwilioStandin
 ) -> AsyncIterator[TwilioStack]:
-    async with running_bridge(stack, pd, twilio_api_url=tw.base_url) as bridge:
-        app = bridge.http._transport.app  # type: ignore[attr-defined]
-        async with serving(app) as url:
-            from service.pipedrive.manifest import manifest
-
-            pd.set_manifest(manifest(url))
-            await bridge.install()
-            response = await bridge.http.post(
-                "/admin/channels",
-                headers=ADMIN,
-                json={
-                    "provider": "twilio",
-                    "company_id": 1001,
-                    "user_id": 2001,
-                    "name": "SMS line",
-                    "credentials": tw.credentials,
-                },
-            )
-            assert response.status_code == 201, response.text
-            yield TwilioStack(bridge, pd, tw, response.json()["provider_channel_id"])
+    async with served_bridge(stack, pd, twilio_api_url=tw.base_url) as (bridge, _):
+        channel = await connect_channel(bridge, "twilio", tw.credentials, name="SMS line")
+        yield TwilioStack(bridge, pd, tw, channel["provider_channel_id"])
 
 
 async def test_signed_sms_with_media_reaches_pipedrive_rehosted(twilio: TwilioStack) -> None:
@@ -223,21 +206,13 @@ async def test_every_recorded_twilio_body_is_acknowledged(twilio: TwilioStack) -
 async def test_whatsapp_through_twilio_gets_a_reply_window(twilio: TwilioStack) -> None:
     """A `whatsapp:` sender on Twilio keeps WhatsApp's 24-hour window: `reply_by` is set;
     plain SMS has none."""
-    response = await twilio.bridge.http.post(
-        "/admin/channels",
-        headers=ADMIN,
-        json={
-            "provider": "twilio",
-            "company_id": 1001,
-            "user_id": 2001,
-            "name": "WhatsApp via Twilio",
-            "credentials": {**twilio.tw.credentials, "from": f"whatsapp:{twilio.tw.number}"},
-        },
+    channel = await connect_channel(
+        twilio.bridge,
+        "twilio",
+        {**twilio.tw.credentials, "from": f"whatsapp:{twilio.tw.number}"},
+        name="WhatsApp via Twilio",
     )
-    assert response.status_code == 201, response.text
-    whatsapp = TwilioStack(
-        twilio.bridge, twilio.pd, twilio.tw, response.json()["provider_channel_id"]
-    )
+    whatsapp = TwilioStack(twilio.bridge, twilio.pd, twilio.tw, channel["provider_channel_id"])
     await whatsapp.deliver(twilio.tw.add_inbound(from_=f"whatsapp:{CUSTOMER}", body="hola"))
     await twilio.deliver(twilio.tw.add_inbound(from_=CUSTOMER, body="sms"))
     await twilio.bridge.run_worker()

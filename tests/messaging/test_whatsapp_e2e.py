@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 
 from service.providers.base import InboundMessage
 from service.store import channels, deliveries
-from tests.messaging.harness import ADMIN, serving
-from tests.pipedrive.bridge import Bridge, running_bridge, standin
+from tests.messaging.harness import connect_channel, served_bridge
+from tests.pipedrive.bridge import Bridge, standin
 from tests.standins.pipedrive import PipedriveStandin, response_problems
 from tests.standins.whatsapp import GraphStandin
 
@@ -88,26 +88,9 @@ def wa() -> Iterator[GraphStandin]:
 async def whatsapp(
     stack: tuple[str, str], pd: PipedriveStandin, wa: GraphStandin
 ) -> AsyncIterator[WhatsAppStack]:
-    async with running_bridge(stack, pd, whatsapp_graph_url=wa.graph_url) as bridge:
-        app = bridge.http._transport.app  # type: ignore[attr-defined]
-        async with serving(app) as url:
-            from service.pipedrive.manifest import manifest
-
-            pd.set_manifest(manifest(url))
-            await bridge.install()
-            response = await bridge.http.post(
-                "/admin/channels",
-                headers=ADMIN,
-                json={
-                    "provider": "whatsapp",
-                    "company_id": 1001,
-                    "user_id": 2001,
-                    "name": "WhatsApp shop",
-                    "credentials": wa.credentials,
-                },
-            )
-            assert response.status_code == 201, response.text
-            yield WhatsAppStack(bridge, pd, wa, response.json()["provider_channel_id"])
+    async with served_bridge(stack, pd, whatsapp_graph_url=wa.graph_url) as (bridge, _):
+        channel = await connect_channel(bridge, "whatsapp", wa.credentials, name="WhatsApp shop")
+        yield WhatsAppStack(bridge, pd, wa, channel["provider_channel_id"])
 
 
 async def test_channel_is_registered_as_whatsapp_with_templates(whatsapp: WhatsAppStack) -> None:
@@ -300,19 +283,8 @@ async def test_two_numbers_of_one_app_share_the_callback_url(whatsapp: WhatsAppS
     second_number = "106540352242999"
     whatsapp.wa.other_phone_numbers.add(second_number)
     credentials = {**whatsapp.wa.credentials, "phone_number_id": second_number}
-    response = await whatsapp.bridge.http.post(
-        "/admin/channels",
-        headers=ADMIN,
-        json={
-            "provider": "whatsapp",
-            "company_id": 1001,
-            "user_id": 2001,
-            "name": "Second line",
-            "credentials": credentials,
-        },
-    )
-    assert response.status_code == 201, response.text
-    second = response.json()["provider_channel_id"]
+    channel = await connect_channel(whatsapp.bridge, "whatsapp", credentials, name="Second line")
+    second = channel["provider_channel_id"]
     webhook = whatsapp.wa.text_webhook(wamid="wamid.second", wa_id=CUSTOMER, text="for line two")
     for change in webhook["entry"][0]["changes"]:
         change["value"]["metadata"]["phone_number_id"] = second_number
