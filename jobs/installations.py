@@ -28,15 +28,7 @@ async def setup_single_company(ctx: JobContext, payload: dict[str, Any]) -> int:
     """Single-company mode: learn who the API token belongs to, store the implicit
     installation, and create its webhooks; returns the installation id."""
     svc: Services = ctx["services"]
-    api_base = svc.settings.pipedrive_api_url or "https://api.pipedrive.com"
-    user = await svc.pipedrive.whoami(api_base)
-    inst = await installations.ensure_api_token_install(
-        svc.db,
-        company_id=int(user["company_id"]),
-        user_id=int(user["id"]),
-        api_domain=api_base,
-        company_domain=user.get("company_domain"),
-    )
+    inst = await svc.pipedrive.single_company_installation()
     await subscriptions.ensure(svc, inst)
     return inst.id
 

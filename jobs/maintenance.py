@@ -38,8 +38,7 @@ async def sweep_stuck_deliveries(ctx: JobContext) -> int:
         await svc.queue.enqueue(
             row["job"], row["payload"], key=ingest.job_key(row["source"], row["dedupe_key"])
         )
-        await deliveries.mark_enqueued(svc.db, source=row["source"], dedupe_key=row["dedupe_key"])
-        await deliveries.touch(svc.db, source=row["source"], dedupe_key=row["dedupe_key"])
+        await deliveries.mark_requeued(svc.db, source=row["source"], dedupe_key=row["dedupe_key"])
     if stuck:
         log.warning("maintenance.stuck_deliveries_enqueued", count=len(stuck))
     return len(stuck)

@@ -48,18 +48,10 @@ async def _installation(
         if inst is None:
             raise ChannelError(404, "NOT_FOUND", f"no installation for {company_id}:{user_id}")
     elif services.settings.single_company:
-        api_base = services.settings.pipedrive_api_url or "https://api.pipedrive.com"
         try:
-            user = await services.pipedrive.whoami(api_base)
+            inst = await services.pipedrive.single_company_installation()
         except PipedriveError as error:
             raise ChannelError(502, "PIPEDRIVE_UNAVAILABLE", str(error)) from None
-        inst = await installations.ensure_api_token_install(
-            services.db,
-            company_id=int(user["company_id"]),
-            user_id=int(user["id"]),
-            api_domain=api_base,
-            company_domain=user.get("company_domain"),
-        )
     else:
         raise ChannelError(400, "INVALID_BODY", "company_id and user_id are required")
     if inst.status != "active":

@@ -184,6 +184,19 @@ class PipedriveClient:
             await self.limiter.unpark(park_key)
             log.info("pipedrive.unparked", installation=inst.key, probe_status=response.status_code)
 
+    async def single_company_installation(self) -> Installation:
+        """Single-company mode: ask whom PIPEDRIVE_API_TOKEN belongs to and return the implicit
+        installation, stored (or reactivated) on the way."""
+        api_base = self.settings.pipedrive_api_url or DEFAULT_API_BASE
+        user = await self.whoami(api_base)
+        return await installations.ensure_api_token_install(
+            self.db,
+            company_id=int(user["company_id"]),
+            user_id=int(user["id"]),
+            api_domain=api_base,
+            company_domain=user.get("company_domain"),
+        )
+
     async def whoami(self, api_domain: str, *, bearer: str | None = None) -> dict[str, Any]:
         """`GET /users/me` for a token that has no installation yet (the OAuth callback, or
         single-company mode); returns the user with `id`, `company_id` and `company_domain`."""

@@ -59,19 +59,6 @@ async def record(
         return bool(status == "received")
 
 
-async def mark_enqueued(db: Database, *, source: Source, dedupe_key: str) -> None:
-    async with db.engine.begin() as conn:
-        await conn.execute(
-            inbound_deliveries.update()
-            .where(
-                inbound_deliveries.c.source == source,
-                inbound_deliveries.c.dedupe_key == dedupe_key,
-                inbound_deliveries.c.status == "received",  # never move a finished one back
-            )
-            .values(status="enqueued", updated_at=utcnow())
-        )
-
-
 async def stuck(
     db: Database, older_than: datetime, queued_before: datetime, limit: int = 500
 ) -> list[dict[str, Any]]:
@@ -104,19 +91,6 @@ async def count(db: Database, source: Source) -> int:
         return int((await conn.execute(query)).scalar_one())
 
 
-async def mark_done(db: Database, *, source: Source, dedupe_key: str) -> None:
-    """The delivery's work finished (written only after its side effects succeeded)."""
-    async with db.engine.begin() as conn:
-        await conn.execute(
-            inbound_deliveries.update()
-            .where(
-                inbound_deliveries.c.source == source,
-                inbound_deliveries.c.dedupe_key == dedupe_key,
-            )
-            .values(status="done", updated_at=utcnow())
-        )
-
-
 async def count_by_status(db: Database, source: Source) -> dict[str, int]:
     query = (
         sa.select(inbound_deliveries.c.status, sa.func.count())
@@ -144,27 +118,42 @@ async def pending_for_conversation(
         return [dict(r._mapping) for r in await conn.execute(query)]
 
 
-async def set_status(db: Database, *, source: Source, dedupe_key: str, status: str) -> None:
+async def set_status(
+    db: Database,
+    *,
+    source: Source,
+    dedupe_key: str,
+    status: str,
+    only_from: tuple[str, ...] | None = None,
+) -> None:
+    """Move a delivery to `status` (and restart its clock); with `only_from`, only from those."""
+    query = inbound_deliveries.update().where(
+        inbound_deliveries.c.source == source, inbound_deliveries.c.dedupe_key == dedupe_key
+    )
+    if only_from is not None:
+        query = query.where(inbound_deliveries.c.status.in_(only_from))
     async with db.engine.begin() as conn:
-        await conn.execute(
-            inbound_deliveries.update()
-            .where(
-                inbound_deliveries.c.source == source,
-                inbound_deliveries.c.dedupe_key == dedupe_key,
-            )
-            .values(status=status, updated_at=utcnow())
-        )
+        await conn.execute(query.values(status=status, updated_at=utcnow()))
 
 
-async def touch(db: Database, *, source: Source, dedupe_key: str) -> None:
-    """Restart a queued delivery's clock (the sweeper just queued it again)."""
-    async with db.engine.begin() as conn:
-        await conn.execute(
-            inbound_deliveries.update()
-            .where(
-                inbound_deliveries.c.source == source,
-                inbound_deliveries.c.dedupe_key == dedupe_key,
-                inbound_deliveries.c.status == "enqueued",
-            )
-            .values(updated_at=utcnow())
-        )
+async def mark_enqueued(db: Database, *, source: Source, dedupe_key: str) -> None:
+    """Its job is in the queue (never moves a finished delivery back)."""
+    await set_status(
+        db, source=source, dedupe_key=dedupe_key, status="enqueued", only_from=("received",)
+    )
+
+
+async def mark_requeued(db: Database, *, source: Source, dedupe_key: str) -> None:
+    """The sweeper queued it again: `enqueued`, with its clock restarted."""
+    await set_status(
+        db,
+        source=source,
+        dedupe_key=dedupe_key,
+        status="enqueued",
+        only_from=("received", "enqueued"),
+    )
+
+
+async def mark_done(db: Database, *, source: Source, dedupe_key: str) -> None:
+    """The delivery's work finished (written only after its side effects succeeded)."""
+    await set_status(db, source=source, dedupe_key=dedupe_key, status="done")
