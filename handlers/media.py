@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from handlers import error_response, services
 from service.crypto import BadSignature
-from service.media import MediaNotFound, MediaRef, MediaStore, read_media_token
+from service.media import MediaLink, MediaNotFound, MediaStore, read_media_token
 
 #: Shown for every failure: whether the link was forged, expired or its file is gone stays ours.
 NOT_FOUND_MESSAGE = "no such media, or the link has expired"
@@ -36,7 +36,7 @@ def media_store(request: Request) -> MediaStore:
     return found
 
 
-def _disposition(ref: MediaRef) -> str:
+def _disposition(ref: MediaLink) -> str:
     essence = ref.mime_type.split(";", 1)[0].strip()
     inline = essence not in _NEVER_INLINE and (
         essence.startswith(_INLINE_PREFIXES) or essence in _INLINE_TYPES

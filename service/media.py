@@ -177,7 +177,7 @@ def clean_file_name(name: str | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class MediaRef:
+class MediaLink:
     """What a media link points at: the stored key and how to present it."""
 
     key: str
@@ -205,7 +205,7 @@ def media_url(
     return f"{base_url.rstrip('/')}/media/{crypto.sign(payload, ttl_seconds, now=now)}"
 
 
-def read_media_token(crypto: Crypto, signed: str, *, now: float | None = None) -> MediaRef:
+def read_media_token(crypto: Crypto, signed: str, *, now: float | None = None) -> MediaLink:
     """The reference inside a link's signed part; `BadSignature` when it was altered, signed
     with an unknown key, has expired, or does not hold a media reference."""
     payload = crypto.unsign(signed, now=now)
@@ -217,5 +217,5 @@ def read_media_token(crypto: Crypto, signed: str, *, now: float | None = None) -
         case [str(purpose), str(key), str(mime_type), str() | None as name] if (
             purpose == _PURPOSE and _KEY.fullmatch(key)
         ):
-            return MediaRef(key=key, mime_type=normalize_mime_type(mime_type), name=name)
+            return MediaLink(key=key, mime_type=normalize_mime_type(mime_type), name=name)
     raise BadSignature("malformed media link")

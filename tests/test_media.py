@@ -23,8 +23,8 @@ from service.media import (
     MAX_MEDIA_BYTES,
     MEDIA_LINK_TTL,
     LocalMediaStore,
+    MediaLink,
     MediaNotFound,
-    MediaRef,
     MediaTooLarge,
     media_url,
     new_media_key,
@@ -148,7 +148,7 @@ def test_link_round_trip(crypto: Crypto) -> None:
     signed = path_of(url).removeprefix("/media/")
     assert "/" not in signed
     assert quote(signed, safe="") == signed  # nothing needs escaping in a path
-    assert read_media_token(crypto, signed) == MediaRef("k1.pdf", "application/pdf", NAME)
+    assert read_media_token(crypto, signed) == MediaLink("k1.pdf", "application/pdf", NAME)
 
 
 def test_link_never_carries_a_provider_url_or_its_token(crypto: Crypto) -> None:
@@ -173,7 +173,7 @@ def test_link_sanitises_type_and_name(crypto: Crypto) -> None:
     """Header-breaking types become application/octet-stream; control characters leave names."""
     url = media_url(BASE, crypto, "k3", "text/html\r\nSet-Cookie: x=1", "a\r\nb\x00.txt")
     ref = read_media_token(crypto, path_of(url).removeprefix("/media/"))
-    assert ref == MediaRef("k3", "application/octet-stream", "ab.txt")
+    assert ref == MediaLink("k3", "application/octet-stream", "ab.txt")
     url = media_url(BASE, crypto, "k3", "image/png", "   ")
     assert read_media_token(crypto, path_of(url).removeprefix("/media/")).name is None
 
