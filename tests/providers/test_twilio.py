@@ -22,6 +22,7 @@ from service.providers.base import (
     StatusEvent,
 )
 from service.providers.twilio import RECEIVED_AT, STATUS_MAP, TwilioProvider, signature
+from tests.providers.channels import channel_for
 
 FIXTURES = Path("/work/shared/fixtures/twilio")
 FORM = "application/x-www-form-urlencoded"
@@ -44,19 +45,13 @@ BODY_HASH = "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620"
 
 def make_channel(credentials: dict[str, Any] | None = None) -> Channel:
     creds = credentials or {"account_sid": ACCOUNT, "auth_token": TOKEN_6_1, "from": "+14123456789"}
-    return Channel(
-        id=1,
-        provider_channel_id="ch_twilio_1",
-        provider="twilio",
-        installation_id=1,
-        name="Twilio",
-        credentials=creds,
-        webhook_secret=None,
+    return channel_for(
+        "twilio",
+        creds,
         account_id=str(creds["from"]),
+        channel_id=1,
+        provider_channel_id="ch_twilio_1",
         account_name="Twilio",
-        pipedrive_channel_id=None,
-        status="active",
-        created_at=datetime(2024, 1, 1, tzinfo=UTC),
     )
 
 

@@ -25,6 +25,7 @@ from service.providers.base import (
     StatusEvent,
 )
 from service.providers.twilio import MAX_BODY, RECEIVED_AT, TwilioProvider
+from tests.providers.channels import channel_for
 from tests.standins.twilio import TwilioStandin
 
 pytestmark = pytest.mark.anyio
@@ -36,19 +37,13 @@ JPEG = b"\xff\xd8\xff\xe0" + b"jpeg bytes " * 100
 
 
 def make_channel(credentials: dict[str, Any]) -> Channel:
-    return Channel(
-        id=7,
-        provider_channel_id="ch_tw_7",
-        provider="twilio",
-        installation_id=1,
-        name="Twilio",
-        credentials=dict(credentials),
-        webhook_secret=None,
+    return channel_for(
+        "twilio",
+        dict(credentials),
         account_id=str(credentials["from"]),
+        channel_id=7,
+        provider_channel_id="ch_tw_7",
         account_name="Twilio",
-        pipedrive_channel_id=None,
-        status="active",
-        created_at=datetime(2024, 1, 1, tzinfo=UTC),
     )
 
 

@@ -24,6 +24,7 @@ from service.providers.base import (
     StatusEvent,
 )
 from service.providers.whatsapp import WhatsAppProvider
+from tests.providers.channels import channel_for
 from tests.standins.whatsapp import GraphStandin
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "whatsapp"
@@ -54,19 +55,13 @@ def make_channel(phone_number_id: str = "106540352242922", **credentials: str) -
         "waba_id": "102290129340398",
         **credentials,
     }
-    return Channel(
-        id=1,
-        provider_channel_id="wa-chan-1",
-        provider="whatsapp",
-        installation_id=1,
-        name="Shop WhatsApp",
-        credentials=creds,
-        webhook_secret=None,
+    return channel_for(
+        "whatsapp",
+        creds,
         account_id=phone_number_id,
+        channel_id=1,
+        provider_channel_id="wa-chan-1",
         account_name="Pdbridge Test Shop",
-        pipedrive_channel_id=None,
-        status="active",
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
 
 

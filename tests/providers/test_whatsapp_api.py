@@ -23,6 +23,7 @@ from service.providers.base import (
 )
 from service.providers.urls import UntrustedURL
 from service.providers.whatsapp import MAX_TEXT, WhatsAppProvider
+from tests.providers.channels import channel_for
 from tests.standins.whatsapp import GraphStandin
 
 pytestmark = pytest.mark.anyio
@@ -33,19 +34,13 @@ PDF = b"%PDF-1.7\n" + b"quote " * 200
 
 
 def make_channel(credentials: dict[str, Any]) -> Channel:
-    return Channel(
-        id=3,
-        provider_channel_id="ch_wa_3",
-        provider="whatsapp",
-        installation_id=1,
-        name="WhatsApp",
-        credentials=dict(credentials),
-        webhook_secret=None,
+    return channel_for(
+        "whatsapp",
+        dict(credentials),
         account_id=str(credentials["phone_number_id"]),
+        channel_id=3,
+        provider_channel_id="ch_wa_3",
         account_name="Pdbridge Test Shop",
-        pipedrive_channel_id=None,
-        status="active",
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
 
 
