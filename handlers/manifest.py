@@ -12,7 +12,7 @@ import base64
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -24,12 +24,12 @@ from starlette.routing import Route
 
 from handlers import services
 from handlers.basic_auth import basic_credentials, matches
-from service import messaging
+from service import outbox, queue
 from service.context import Services
 from service.logging import get_logger
 from service.media import MAX_MEDIA_BYTES, clean_file_name, new_media_key, normalize_mime_type
-from service.messaging import attachment_json
 from service.models import Channel, Conversation, Message, StoredAttachment
+from service.pipedrive import shapes
 from service.pipedrive.manifest import PREFIX
 from service.providers.base import ProviderError
 from service.store import channels, conversations, messages
@@ -92,44 +92,7 @@ def endpoint(
     return run
 
 
-# --- shapes ---------------------------------------------------------------------------------
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
-
-
-def message_json(svc: Services, message: Message) -> dict[str, Any]:
-    return {
-        "id": message.external_id,
-        "status": "sent" if message.status == "pending" else message.status,
-        "created_at": _iso(message.created_at),
-        "message": message.text,
-        "sender_id": message.sender_id,
-        "attachments": [attachment_json(svc, a) for a in message.attachments],
-    }
-
-
-def conversation_json(
-    svc: Services, conversation: Conversation, page: list[Message], next_cursor: str | None
-) -> dict[str, Any]:
-    return {
-        "id": conversation.external_id,
-        "link": conversation.link,
-        "status": conversation.status,
-        "seen": True,
-        "next_messages_cursor": next_cursor,
-        "messages": [message_json(svc, m) for m in page],
-        "participants": [
-            {
-                "id": p.external_id,
-                "name": p.name,
-                "role": p.role,
-                **({"avatar_url": p.avatar_url} if p.avatar_url else {}),
-            }
-            for p in conversation.participants
-        ],
-    }
+# --- paging --------------------------------------------------------------------------------
 
 
 def _limit(request: Request, name: str) -> int:
@@ -200,7 +163,7 @@ async def get_conversations(request: Request, svc: Services, channel: Channel) -
     data = []
     for conversation in found[:limit]:
         page, cursor = await _messages_page(svc, conversation, messages_limit, None)
-        data.append(conversation_json(svc, conversation, page, cursor))
+        data.append(shapes.conversation(svc, conversation, page, cursor))
     body: dict[str, Any] = {"success": True, "data": data}
     if len(found) > limit:
         last = found[limit - 1]
@@ -226,7 +189,7 @@ async def get_conversation(request: Request, svc: Services, channel: Channel) ->
     page, cursor = await _messages_page(svc, conversation, limit, before)
     body: dict[str, Any] = {
         "success": True,
-        "data": conversation_json(svc, conversation, page, cursor),
+        "data": shapes.conversation(svc, conversation, page, cursor),
     }
     if cursor:
         body["additional_data"] = {"after": cursor}
@@ -243,7 +206,7 @@ async def get_message(request: Request, svc: Services, channel: Channel) -> Resp
             message = None
     if message is None:
         raise ManifestError(404, "NOT_FOUND", "message not found")
-    return JSONResponse(message_json(svc, message))
+    return JSONResponse(shapes.message(svc, message))
 
 
 async def get_sender(request: Request, svc: Services, channel: Channel) -> Response:
@@ -267,7 +230,9 @@ async def get_sender(request: Request, svc: Services, channel: Channel) -> Respo
 async def get_templates(request: Request, svc: Services, channel: Channel) -> Response:
     """Approved templates (WhatsApp only; other providers answer an empty list)."""
     try:
-        found = await messaging.templates(svc, channel)
+        found = await svc.coordination.cached_templates(
+            channel.id, lambda: svc.adapter(channel.provider).list_templates(channel)
+        )
     except ProviderError as error:
         log.warning("templates.unavailable", channel=channel.provider_channel_id, error=str(error))
         raise ManifestError(503, "UNAVAILABLE", "the provider did not list its templates") from None
@@ -333,24 +298,34 @@ async def post_message(request: Request, svc: Services, channel: Channel) -> Res
             )
     finally:
         await form.close()
-    message, _ = await messages.insert(
+    await messages.insert_many(
         svc.db,
-        channel_id=channel.id,
-        conversation_id=conversation.id,
-        external_id=external_id,
-        provider_message_id=None,
-        direction="out",
-        sender_id=channel.source_user_id,
-        text=text,
-        attachments=attachments,
-        status="pending",
-        created_at=utcnow(),
+        [
+            messages.NewMessage(
+                channel_id=channel.id,
+                conversation_id=conversation.id,
+                external_id=external_id,
+                provider_message_id=None,
+                direction="out",
+                sender_id=channel.source_user_id,
+                text=text,
+                attachments=attachments,
+                status="pending",
+                created_at=utcnow(),
+            )
+        ],
     )
-    await svc.queue.enqueue(
-        "deliver_outbound",
-        {"message_id": message.id, "channel": channel.provider_channel_id},
-        key=f"out:{external_id}",
-    )
+    # Recorded: the answer is success whatever Redis does now (the sweeper covers the outbox).
+    try:
+        await outbox.schedule(svc, channel, conversation.id)
+    except (RedisError, OSError) as error:
+        svc.metrics.queue_unavailable()
+        log.warning(
+            "post_message.not_queued",
+            message_id=external_id,
+            error=str(error),
+            action="recorded; the sweeper sends it once Redis answers",
+        )
     log.info("post_message.accepted", channel=channel.provider_channel_id, message_id=external_id)
     return JSONResponse({"success": True, "data": {"id": external_id}})
 
@@ -359,9 +334,8 @@ async def delete_channel(request: Request, svc: Services, channel: Channel | Non
     """Pipedrive removed the channel: drop it here and at the provider (idempotent)."""
     if channel is not None and await channels.mark_deleted(svc.db, channel.id):
         await svc.queue.enqueue(
-            "remove_provider_webhook",
+            queue.REMOVE_PROVIDER_WEBHOOK,
             {"channel_id": channel.id, "channel": channel.provider_channel_id},
-            key=f"unhook:{channel.provider_channel_id}",
         )
         log.info("channel.deleted_by_pipedrive", channel=channel.provider_channel_id)
     return JSONResponse({"success": True})

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from handlers import error_response, services
 from handlers.basic_auth import basic_credentials, matches
-from service import redis_keys
+from service import queue, redis_keys
 from service.crypto import BadSignature
 from service.logging import get_logger
 from service.pipedrive import subscriptions
@@ -102,7 +102,7 @@ async def _exchange(request: Request, code: str) -> installations.Installation:
     )
     log.info("oauth.installed", installation=inst.key, scopes=list(inst.scopes))
     await svc.queue.enqueue(
-        "setup_installation",
+        queue.SETUP_INSTALLATION,
         {"installation_id": inst.id, "company_id": inst.company_id},
         key=f"setup:{inst.id}:{inst.token_version}",
     )

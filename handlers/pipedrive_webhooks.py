@@ -8,7 +8,6 @@ event (400), and a failure to store it (503, so that Pipedrive retries).
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,7 +15,7 @@ from starlette.routing import Route
 
 from handlers import error_response, services
 from handlers.basic_auth import basic_credentials, matches
-from service import ingest
+from service import ingest, queue
 from service.logging import get_logger
 from service.pipedrive.webhooks import WebhookPayloadError, parse_event
 from service.store import installations
@@ -65,10 +64,10 @@ async def receive(request: Request) -> Response:
             svc,
             source="pipedrive",
             dedupe_key=event.dedupe_key,
-            job="pipedrive_event",
+            job=queue.PIPEDRIVE_EVENT,
             payload=payload,
         )
-    except (RedisError, SQLAlchemyError, OSError) as error:
+    except (SQLAlchemyError, OSError) as error:
         log.error("pipedrive_webhook.not_stored", installation=inst.key, error=str(error))
         return error_response(503, "UNAVAILABLE", "the event could not be stored; retry later")
     log.info(

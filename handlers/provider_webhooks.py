@@ -6,7 +6,6 @@ deliveries, record each with its dedupe key, queue a relay of its conversation, 
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -51,31 +50,28 @@ async def receive(request: Request) -> Response:
         log.warning("provider_webhook.invalid", provider=provider, reason=str(error))
         return error_response(400, "INVALID_PAYLOAD", str(error))
     try:
-        siblings = (
-            [
-                other
-                for other in await channels.list_active(svc.db, svc.crypto)
-                if adapter.shares_webhooks(channel, other)
-            ]
-            if adapter.may_share_webhooks
-            else []
-        )
-        for other in siblings:  # their share of the body, cut by their own adapter view
-            for delivery in adapter.split(other, body, request.headers.get("content-type", "")):
-                if delivery.conversation_id is not None:
-                    await ingest.accept_chat_delivery(svc, other, delivery)
-        for delivery in found:
-            accepted = await ingest.accept_chat_delivery(svc, channel, delivery)
-            log.info(
-                "provider_webhook.received",
-                provider=provider,
-                channel=provider_channel_id,
-                relayed=delivery.conversation_id is not None,
-                new=accepted,
-            )
-    except (RedisError, SQLAlchemyError, OSError) as error:
+        batch = [(channel, delivery) for delivery in found]
+        if adapter.may_share_webhooks:
+            for other in await channels.list_active(svc.db, svc.crypto):
+                if other.id != channel.id and adapter.shares_webhooks(channel, other):
+                    # their share of the body, cut by their own adapter view
+                    content_type = request.headers.get("content-type", "")
+                    batch += [
+                        (other, d)
+                        for d in adapter.split(other, body, content_type)
+                        if d.conversation_id is not None
+                    ]
+        fresh = await ingest.accept_chat_deliveries(svc, batch)
+    except (SQLAlchemyError, OSError) as error:
         log.error("provider_webhook.not_stored", provider=provider, error=str(error))
         return error_response(503, "UNAVAILABLE", "the update could not be stored; retry later")
+    log.info(
+        "provider_webhook.received",
+        provider=provider,
+        channel=provider_channel_id,
+        deliveries=len(found),
+        new=sum(fresh[: len(found)]),
+    )
     if provider == "twilio":  # Twilio expects TwiML; an empty Response sends no reply
         return Response("<Response></Response>", media_type="text/xml")
     return Response(status_code=200)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from service import ingest, redis_keys
+from service import ingest
 from service.context import Services
 from service.logging import get_logger
 from service.models import Channel
@@ -42,9 +42,8 @@ async def backfill(ctx: JobContext) -> int:
     total = 0
     now = utcnow()
     for channel in await channels.list_active(svc.db, svc.crypto):
-        key = f"{redis_keys.BACKFILL_MARK}{channel.id}"
-        mark = await svc.queue.redis.get(key)
-        since = datetime.fromisoformat(mark.decode()) - OVERLAP if mark else now - MAX_LOOKBACK
+        mark = await svc.coordination.backfill_mark(channel.id)
+        since = mark - OVERLAP if mark else now - MAX_LOOKBACK
         try:
             total += await backfill_channel(svc, channel, max(since, now - MAX_LOOKBACK))
         except Exception as error:  # noqa: BLE001 -- one broken channel must not stop the others
@@ -55,5 +54,5 @@ async def backfill(ctx: JobContext) -> int:
                 error_type=type(error).__name__,
             )
             continue  # the mark stays: the next run looks back from the same point
-        await svc.queue.redis.set(key, now.isoformat())
+        await svc.coordination.set_backfill_mark(channel.id, now)
     return total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service import queue
 from service.context import Services
 from service.logging import get_logger
 from service.pipedrive import subscriptions
@@ -41,7 +42,7 @@ async def reconcile_webhooks(ctx: JobContext) -> int:
     for inst in await installations.list_all(svc.db):
         if inst.status == "active":
             await svc.queue.enqueue(
-                "setup_installation",
+                queue.SETUP_INSTALLATION,
                 {"installation_id": inst.id, "company_id": inst.company_id},
                 key=f"reconcile:{inst.id}:{hour}",
             )

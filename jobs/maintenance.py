@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from service import ingest
+from service import ingest, queue
+from service.context import Services
 from service.logging import get_logger
 from service.queue import JobContext
-from service.store import dead_letters, deliveries
+from service.store import dead_letters, deliveries, messages
 from service.store.schema import utcnow
 
 log = get_logger(__name__)
@@ -23,22 +24,45 @@ async def prune_dead_letters(ctx: JobContext) -> int:
     return removed
 
 
-#: A delivery recorded but not enqueued for this long is enqueued again by the sweeper; one
-#: enqueued but not done for QUEUED_TOO_LONG too (the job key keeps a live job from doubling).
+#: Work recorded but not done for this long is queued again by the sweeper (a drain that is
+#: still queued or running makes that a no-op, so a slow one is never doubled).
 STUCK_AFTER = timedelta(minutes=1)
-QUEUED_TOO_LONG = timedelta(minutes=30)
 
 
 async def sweep_stuck_deliveries(ctx: JobContext) -> int:
-    """Enqueue deliveries whose process died between recording and enqueueing them."""
-    svc = ctx["services"]
-    now = utcnow()
-    stuck = await deliveries.stuck(svc.db, now - STUCK_AFTER, now - QUEUED_TOO_LONG)
+    """Every minute: queue the work that a failed enqueue (Redis away), a crash, or a job that
+    ran out of tries during an outage left behind: inbound deliveries and outgoing messages."""
+    return await sweep(ctx["services"], older_than=utcnow() - STUCK_AFTER)
+
+
+async def sweep(svc: Services, *, older_than: datetime) -> int:
+    """Queue what was recorded before `older_than` and is not done (see above); a drain that
+    is queued or running makes that a no-op for its conversation."""
+    stuck = await deliveries.stuck(svc.db, older_than)
+    groups: set[tuple[int, str]] = set()
     for row in stuck:
-        await svc.queue.enqueue(
-            row["job"], row["payload"], key=ingest.job_key(row["source"], row["dedupe_key"])
+        spec = queue.DECLARED.get(row["job"])
+        if spec is queue.RELAY_CONVERSATION:
+            groups.add((int(row["payload"]["channel_id"]), str(row["payload"]["conversation_key"])))
+        else:
+            await svc.queue.enqueue(
+                row["job"], row["payload"], key=ingest.job_key(row["source"], row["dedupe_key"])
+            )
+    for channel_id, conversation_key in sorted(groups):
+        await svc.queue.schedule(
+            queue.RELAY_CONVERSATION,
+            {"channel_id": channel_id, "conversation_key": conversation_key},
         )
-        await deliveries.mark_requeued(svc.db, source=row["source"], dedupe_key=row["dedupe_key"])
-    if stuck:
-        log.warning("maintenance.stuck_deliveries_enqueued", count=len(stuck))
-    return len(stuck)
+    by_source: dict[str, list[str]] = {}
+    for row in stuck:
+        by_source.setdefault(row["source"], []).append(row["dedupe_key"])
+    for source, keys in by_source.items():
+        await deliveries.touch(svc.db, source, keys)  # type: ignore[arg-type]
+    outboxes = await messages.stuck_outboxes(svc.db, older_than)
+    for channel_id, conversation_id in outboxes:
+        await svc.queue.schedule(
+            queue.SEND_CONVERSATION, {"channel_id": channel_id, "conversation_id": conversation_id}
+        )
+    if stuck or outboxes:
+        log.warning("maintenance.stuck_work_queued", deliveries=len(stuck), outboxes=len(outboxes))
+    return len(stuck) + len(outboxes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from jobs import backfill, inbound, installations, maintenance, outbound, pipedrive_events
@@ -10,22 +11,32 @@ from service.config import Settings
 from service.context import Services
 from service.logging import get_logger
 from service.store import Database
+from service.store.schema import utcnow
 
 log = get_logger(__name__)
 
 #: Every job the workers run; enqueue them by these function names.
 FUNCTIONS: list[queue.RegisteredJob] = [
-    queue.job(pipedrive_events.pipedrive_event),
-    queue.job(installations.setup_installation),
-    queue.job(installations.setup_single_company),
-    queue.job(inbound.relay_conversation),
-    queue.job(inbound.retry_delivery),
-    queue.job(outbound.deliver_outbound),
-    queue.job(outbound.remove_provider_webhook),
+    queue.job(pipedrive_events.pipedrive_event, queue.PIPEDRIVE_EVENT),
+    queue.job(installations.setup_installation, queue.SETUP_INSTALLATION),
+    queue.job(installations.setup_single_company, queue.SETUP_SINGLE_COMPANY),
+    queue.job(inbound.relay_conversation, queue.RELAY_CONVERSATION),
+    queue.job(inbound.retry_delivery, queue.RETRY_DELIVERY),
+    queue.job(outbound.send_conversation, queue.SEND_CONVERSATION),
+    queue.job(outbound.deliver_outbound, queue.DELIVER_OUTBOUND),
+    queue.job(outbound.remove_provider_webhook, queue.REMOVE_PROVIDER_WEBHOOK),
 ]
 
 
 async def startup(ctx: queue.JobContext) -> None:
+    """Build the shared objects; after a Redis outage (arq runs this again on reconnect) keep
+    them, and queue at once what was recorded meanwhile instead of waiting for the sweeper."""
+    lost_at = ctx.pop("redis_lost_at", None)
+    if "services" in ctx:
+        if lost_at is not None:
+            log.warning("worker.redis_back", outage_seconds=round(time.monotonic() - lost_at, 1))
+            await maintenance.sweep(ctx["services"], older_than=utcnow())
+        return
     settings: Settings = ctx["settings"]
     services = Services.create(
         settings,

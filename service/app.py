@@ -22,6 +22,7 @@ from handlers import (
     pipedrive_webhooks,
     provider_webhooks,
 )
+from service import queue
 from service.config import Settings
 from service.context import Services
 from service.logging import get_logger
@@ -56,9 +57,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         if settings.single_company:
             # Learn the token's company and create its webhooks (once; the job key dedupes).
             try:
-                await app.state.services.queue.enqueue(
-                    "setup_single_company", {}, key="setup-single-company"
-                )
+                await app.state.services.queue.enqueue(queue.SETUP_SINGLE_COMPANY, {})
             except Exception as error:  # noqa: BLE001 -- start anyway; /readyz reports Redis
                 log.error("web.setup_not_queued", error=str(error), action="restart when ready")
         log.info("web.started", public_base_url=settings.base_url)
@@ -95,3 +94,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         ),
     )
     return app
+
+
+def from_environment() -> Starlette:
+    """The app for settings read from the environment (uvicorn's factory, one per process when
+    `WEB_CONCURRENCY` > 1)."""
+    from service.config import load_settings
+    from service.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings)
+    return create_app(settings)

@@ -1,7 +1,10 @@
 """The `pdbridge` command: run, web, worker, migrate and the operators' shell tools.
 
-`run` is a small supervisor: it migrates, starts an embedded Redis when `REDIS_URL` is unset, runs
-`web` and `worker` as child processes, and on SIGINT/SIGTERM (or when a child dies) stops them all.
+`run` is a small supervisor: it migrates, starts an embedded Redis when `REDIS_URL` is unset, and
+runs the service as child processes. On SQLite it runs one child, `together` (the web app and a
+worker in one process and one event loop, so SQLite has a single writer and no process waits on
+another's write lock); on PostgreSQL it runs `web` and `worker`. A child that exits unexpectedly
+is restarted with backoff; SIGINT/SIGTERM, or a child that keeps failing, stops them all.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ log = get_logger("pdbridge.cli")
 
 #: How long `run` waits for its children after asking them to stop (the worker finishes jobs).
 STOP_GRACE_SECONDS = 25.0
+#: A child that exits is restarted after this long, doubling per quick failure up to the cap...
+RESTART_FIRST_SECONDS = 0.5
+RESTART_CAP_SECONDS = 10.0
+#: ...unless it failed this often within the window: then `run` gives up and stops.
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 60.0
 
 
 def _migrate(settings: Settings) -> None:
@@ -47,13 +56,11 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
     import uvicorn
 
-    from service.app import create_app
-
-    config = uvicorn.Config(
-        create_app(settings),
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -61,21 +68,96 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=True,
         timeout_graceful_shutdown=10,
         server_header=False,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+        **extra,
     )
-    uvicorn.Server(config).run()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    """The HTTP service; `WEB_CONCURRENCY` processes share the port (uvicorn's own manager)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    if settings.web_concurrency > 1:
+        config = _uvicorn_config(
+            "service.app:from_environment", settings, factory=True, workers=settings.web_concurrency
+        )
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    uvicorn.Server(_uvicorn_config(create_app(settings), settings)).run()
     return 0
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.worker import build_worker
+    from service import queue
 
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    build_worker(settings).run()
+    async def go() -> None:
+        worker = build_worker(settings, handle_signals=False)
+        task = asyncio.create_task(queue.run_forever(worker))
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await asyncio.wait(
+            [task, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        log.info("worker.stopping")
+        await queue.stop(worker, task)
+
+    _event_loop_run(go())
     return 0
+
+
+def cmd_together(settings: Settings, args: argparse.Namespace) -> int:
+    """The web app and one worker in one process and one event loop (`run` on SQLite)."""
+    import uvicorn
+
+    from jobs.worker import build_worker
+    from service import queue
+    from service.app import create_app
+
+    async def go() -> None:
+        server = uvicorn.Server(_uvicorn_config(create_app(settings), settings))
+        worker = build_worker(settings, handle_signals=False)
+        task = asyncio.create_task(queue.run_forever(worker))
+        # uvicorn re-raises the signal it stopped on once it is done; these handlers take it
+        # (the worker is stopped gracefully below instead of the process dying on the spot).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)
+        try:
+            await server.serve()
+        finally:
+            log.info("worker.stopping")
+            await queue.stop(worker, task)
+
+    _event_loop_run(go())
+    return 0
+
+
+def _event_loop_run(main: Any) -> None:
+    """Run on uvloop when it is installed (it is, except on Windows)."""
+    if _has("uvloop"):
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.embedded_redis import EmbeddedRedis
+    from service.store.engine import async_url
 
     settings.secret_keys  # noqa: B018 -- generate ./var/secret.key once, before the children read it
     _migrate(settings)
@@ -91,25 +173,21 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    sqlite = async_url(settings.database_url).drivername.startswith("sqlite")
+    roles = ("together",) if sqlite else ("web", "worker")
+    supervisor = _Supervisor(roles, env)
     exit_code = 0
     try:
-        for role in ("web", "worker"):
-            children[role] = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
-                [sys.executable, "-m", "service", role], env=env
-            )
-            log.info("run.child_started", role=role, pid=children[role].pid)
+        supervisor.start_all()
         while not stopping:
-            dead = {role: c.returncode for role, c in children.items() if c.poll() is not None}
-            if dead:
-                log.error("run.child_exited", exited=dead)
+            if not supervisor.check():
                 exit_code = 1
                 break
             time.sleep(0.2)
         else:
             log.info("run.stopping", signal=signal.Signals(stopping[0]).name)
     finally:
-        _stop_children(children)
+        _stop_children(supervisor.children)
         if redis is not None:
             redis.stop()
     return exit_code
@@ -127,6 +205,62 @@ def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
             log.warning("run.child_killed", role=role, pid=child.pid)
             child.kill()
             child.wait()
+
+
+class _Supervisor:
+    """`run`'s children: started, watched, restarted with backoff when they exit unasked."""
+
+    def __init__(self, roles: Sequence[str], env: dict[str, str]) -> None:
+        self.roles = roles
+        self.env = env
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.failures: dict[str, list[float]] = {role: [] for role in roles}
+        self.restart_at: dict[str, float] = {}
+
+    def start(self, role: str) -> None:
+        self.children[role] = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
+            [sys.executable, "-m", "service", role], env=self.env
+        )
+        log.info("run.child_started", role=role, pid=self.children[role].pid)
+
+    def start_all(self) -> None:
+        for role in self.roles:
+            self.start(role)
+
+    def check(self) -> bool:
+        """Restart what exited (after its backoff); False when a child keeps failing."""
+        now = time.monotonic()
+        for role in self.roles:
+            if role in self.restart_at:
+                if now >= self.restart_at[role]:
+                    del self.restart_at[role]
+                    self.start(role)
+                continue
+            child = self.children[role]
+            if child.poll() is None:
+                continue
+            recent = [t for t in self.failures[role] if now - t < RESTART_WINDOW_SECONDS]
+            recent.append(now)
+            self.failures[role] = recent
+            if len(recent) >= RESTART_LIMIT:
+                log.error(
+                    "run.child_keeps_failing",
+                    role=role,
+                    exit_code=child.returncode,
+                    failures=len(recent),
+                    window_seconds=RESTART_WINDOW_SECONDS,
+                    action="stopping; see the child's log lines above",
+                )
+                return False
+            delay = min(RESTART_CAP_SECONDS, RESTART_FIRST_SECONDS * 2 ** (len(recent) - 1))
+            log.warning(
+                "run.child_exited",
+                role=role,
+                exit_code=child.returncode,
+                restart_in_seconds=delay,
+            )
+            self.restart_at[role] = now + delay
+        return True
 
 
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
@@ -230,6 +364,7 @@ def parser() -> argparse.ArgumentParser:
         "run": (cmd_run, "migrate, then run web + one worker (+ embedded Redis if needed)"),
         "web": (cmd_web, "the HTTP service only"),
         "worker": (cmd_worker, "one queue worker only"),
+        "together": (cmd_together, "web and one worker in one process (`run` uses it on SQLite)"),
         "migrate": (cmd_migrate, "apply database migrations and exit"),
         "manifest": (cmd_manifest, "print the Messaging manifest JSON for PUBLIC_BASE_URL"),
     }

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"  # noqa: S104 -- a web service behind a PaaS router must listen on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)
+    web_concurrency: int = Field(default=1, ge=1, le=64)
     public_base_url: str | None = None
     database_url: str = "sqlite:///./var/pdbridge.db"
     redis_url: str | None = None

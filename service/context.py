@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import httpx2
 
 from service.config import Settings
+from service.coordination import Coordination
 from service.crypto import Crypto
 from service.media import LocalMediaStore, MediaStore
 from service.metrics import Metrics
@@ -32,6 +33,7 @@ class Services:
     oauth: OAuthClient
     pipedrive: PipedriveClient
     media: MediaStore
+    coordination: Coordination
     metrics: Metrics = field(default_factory=Metrics)
     owns_queue: bool = True
 
@@ -64,6 +66,7 @@ class Services:
             oauth=oauth,
             pipedrive=pipedrive,
             media=LocalMediaStore(),
+            coordination=Coordination(queue.redis),
             metrics=metrics or Metrics(),
             owns_queue=owns_queue,
         )

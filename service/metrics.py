@@ -64,8 +64,16 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        self.not_queued = Counter(
+            "pdbridge_work_not_queued",
+            "Recorded work whose queueing failed (Redis away); the sweeper queues it later.",
+            registry=self.registry,
+        )
         self.queue = _QueueSnapshot()
         self.registry.register(self.queue)
+
+    def queue_unavailable(self) -> None:
+        self.not_queued.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -86,6 +87,11 @@ class RequestContext:
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge
             await self.app(scope, receive_wrapper, send_wrapper)
+        except ClientDisconnect:
+            # The client hung up mid-request: nobody is left to answer, and nothing was
+            # recorded (the body never arrived whole). The request line below says 499,
+            # nginx's word for it; it is no server error.
+            status = 499
         except BodyTooLarge:
             if response_started:
                 raise

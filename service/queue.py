@@ -1,6 +1,12 @@
 """The job queue: arq on Redis, behind a small interface (the only module that imports arq).
 
-Handlers call `Queue.enqueue` with an explicit job key; workers are built by `create_worker`.
+Every job is declared once below (`JobSpec`: its name, payload type and key). Handlers call
+`Queue.enqueue(spec, payload)`; workers are built by `create_worker`.
+
+Chat traffic is grouped: a conversation has at most one queued or running drain job
+(`Queue.schedule`). A delivery that arrives while one exists only marks the group dirty, and the
+running drain goes on until the group is empty (`Queue.finish`). So a burst in one chat is one job,
+never hundreds of jobs waiting on each other, and no job holds a worker slot while blocked.
 The retry policy lives here, once: a job function raises, `run_job` asks `service.errors` whether
 another try can help, and either schedules one (arq `Retry`, with backoff and jitter or the delay
 the other side asked for) or records a dead letter. `Parked` work (a spent daily budget) is queued
@@ -10,19 +16,23 @@ again for later without spending a try. Nothing is dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import msgpack
 import structlog
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import job_key_prefix
 from arq.cron import CronJob, cron
-from arq.jobs import SerializationError
+from arq.jobs import SerializationError, serialize_job
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.worker import Function, Worker, func
 from redis.asyncio import ConnectionPool
@@ -59,6 +69,105 @@ POLL_DELAY = 0.02
 BACKOFF_CAP = 300.0
 #: Joins a parked job's original key and its park time in the re-enqueued job's key.
 PARKED_MARK = "~parked~"
+#: A group's "scheduled" mark outlives any drain; it is only trusted while its job exists.
+GROUP_MARK_MS = 24 * 3600 * 1000
+
+
+# --- the jobs, declared once -----------------------------------------------------------------
+
+
+class RelayPayload(TypedDict):
+    """Drain one conversation's recorded provider deliveries to Pipedrive."""
+
+    channel_id: int
+    conversation_key: str
+
+
+class SendPayload(TypedDict):
+    """Drain one conversation's outgoing messages to the provider."""
+
+    channel_id: int
+    conversation_id: int
+
+
+class PipedriveEventPayload(TypedDict):
+    installation_id: int
+    company_id: int
+    dedupe_key: str
+    event: dict[str, Any]
+
+
+class InstallationPayload(TypedDict):
+    installation_id: int
+    company_id: int
+
+
+class ChannelPayload(TypedDict):
+    channel_id: int
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A job: the function name workers register, and how a payload names its work.
+
+    `key` gives the arq job id (a second enqueue of the same key is a no-op while arq holds it);
+    `group` marks a coalesced job: one queued or running job per group (`Queue.schedule`)."""
+
+    name: str
+    key: Callable[[Any], str] | None = None
+    group: Callable[[Any], str] | None = None
+
+
+RELAY_CONVERSATION = JobSpec(
+    "relay_conversation", group=lambda p: f"in:{p['channel_id']}:{p['conversation_key']}"
+)
+SEND_CONVERSATION = JobSpec(
+    "send_conversation", group=lambda p: f"out:{p['channel_id']}:{p['conversation_id']}"
+)
+PIPEDRIVE_EVENT = JobSpec("pipedrive_event", key=lambda p: f"in:pipedrive:{p['dedupe_key']}")
+SETUP_INSTALLATION = JobSpec("setup_installation")
+SETUP_SINGLE_COMPANY = JobSpec("setup_single_company", key=lambda p: "setup-single-company")
+RETRY_DELIVERY = JobSpec("retry_delivery")
+REMOVE_PROVIDER_WEBHOOK = JobSpec("remove_provider_webhook", key=lambda p: f"unhook:{p['channel']}")
+#: Jobs an earlier version queued, still run so that their dead letters can be replayed.
+DELIVER_OUTBOUND = JobSpec("deliver_outbound")
+#: Every declared job by name (a dead letter names its job by name).
+DECLARED = {
+    spec.name: spec
+    for spec in (
+        RELAY_CONVERSATION,
+        SEND_CONVERSATION,
+        PIPEDRIVE_EVENT,
+        SETUP_INSTALLATION,
+        SETUP_SINGLE_COMPANY,
+        RETRY_DELIVERY,
+        REMOVE_PROVIDER_WEBHOOK,
+        DELIVER_OUTBOUND,
+    )
+}
+
+# KEYS: group mark, dirty flag, new job, queue. ARGV: job id, job bytes, job expiry ms, score,
+# mark lifetime ms, force. A group whose mark names a job that still exists is only marked dirty.
+_SCHEDULE = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[6] ~= '1' and current and redis.call('EXISTS', ARGV[7] .. current) == 1 then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[5])
+redis.call('PSETEX', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+return 1
+"""
+
+# KEYS: group mark, dirty flag. ARGV: the finishing job's id. Returns 1 when more work arrived
+# (the caller drains again), 0 when the group is released.
+_FINISH = """
+if redis.call('DEL', KEYS[2]) == 1 then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def serialize(value: Any) -> bytes:
@@ -95,6 +204,8 @@ class Queue:
     def __init__(self, redis: ArqRedis, queue_name: str = redis_keys.QUEUE_DEFAULT) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        self._schedule = redis.register_script(_SCHEDULE)
+        self._finish = redis.register_script(_FINISH)
 
     @classmethod
     async def connect(cls, url: str) -> Queue:
@@ -119,19 +230,31 @@ class Queue:
 
     async def enqueue(
         self,
-        function: str,
-        payload: dict[str, Any],
+        job: JobSpec | str,
+        payload: Any,
         *,
-        key: str,
+        key: str | None = None,
         defer_by: float | None = None,
     ) -> bool:
-        """Queue `function(payload)` under job id `key`; False when that key is already queued.
+        """Queue `job(payload)` under its job key; False when that key is already queued.
 
         The key makes a second enqueue of the same work a no-op while arq keeps the job or its
         result; durable dedupe across longer spans belongs to the store (inbound delivery keys).
+        A grouped job goes through `schedule` instead.
         """
+        if isinstance(job, str) and job in DECLARED:
+            job = DECLARED[job]
+        if isinstance(job, JobSpec):
+            if job.group is not None:
+                return await self.schedule(job, payload)
+            function = job.name
+            key = key or (job.key(payload) if job.key else f"{job.name}:{uuid.uuid4().hex}")
+        else:
+            function = job
+        if key is None:
+            raise TypeError(f"job {function!r} needs a key")
         try:
-            job = await self.redis.enqueue_job(
+            queued = await self.redis.enqueue_job(
                 function,
                 payload,
                 _job_id=key,
@@ -142,7 +265,65 @@ class Queue:
             raise TypeError(
                 f"job {function!r} payload is not plain data: {error.__cause__}"
             ) from None
-        return job is not None
+        return queued is not None
+
+    async def schedule(
+        self, job: JobSpec, payload: Any, *, force: bool = False, defer_by: float | None = None
+    ) -> bool:
+        """Make sure a drain job for the payload's group is queued or running; True when this
+        call queued one. Atomic in Redis: the mark, the job and its place in the queue are
+        written together or not at all. `force` queues a fresh job whatever the mark says (a
+        drain handing the rest of a long backlog to a new job)."""
+        if job.group is None:
+            raise TypeError(f"job {job.name!r} is not grouped")
+        group = job.group(payload)
+        job_id = f"{job.name}:{group}:{uuid.uuid4().hex[:12]}"
+        now_ms = int(time.time() * 1000)
+        try:
+            body = serialize_job(job.name, (payload,), {}, None, now_ms, serializer=serialize)
+        except SerializationError as error:
+            raise TypeError(
+                f"job {job.name!r} payload is not plain data: {error.__cause__}"
+            ) from None
+        queued = await self._schedule(
+            keys=[
+                f"{redis_keys.GROUP_MARK}{group}",
+                f"{redis_keys.GROUP_DIRTY}{group}",
+                f"{job_key_prefix}{job_id}",
+                self.queue_name,
+            ],
+            args=[
+                job_id,
+                body,
+                int(JOB_EXPIRES.total_seconds() * 1000),
+                now_ms + int((defer_by or 0) * 1000),
+                GROUP_MARK_MS,
+                "1" if force else "0",
+                job_key_prefix,
+            ],
+        )
+        return bool(queued)
+
+    async def finish(self, job: JobSpec, payload: Any, job_id: str) -> bool:
+        """A drain found its group empty: release the group, unless more work was marked
+        meanwhile (then True: drain again)."""
+        if job.group is None:
+            raise TypeError(f"job {job.name!r} is not grouped")
+        group = job.group(payload)
+        more = await self._finish(
+            keys=[f"{redis_keys.GROUP_MARK}{group}", f"{redis_keys.GROUP_DIRTY}{group}"],
+            args=[job_id],
+        )
+        return bool(more)
+
+    async def release(self, job: JobSpec, payload: Any, job_id: str) -> None:
+        """A drain gives up for good (its job is dead-lettered): the next arrival queues anew."""
+        if job.group is None:
+            return
+        group = job.group(payload)
+        mark = f"{redis_keys.GROUP_MARK}{group}"
+        if await self.redis.get(mark) == job_id.encode():
+            await self.redis.delete(mark)
 
     async def depth(self) -> int:
         """Jobs waiting (or deferred) in the queue."""
@@ -173,8 +354,11 @@ async def _count(ctx: JobContext, function: str, outcome: str) -> None:
         log.warning("metrics.outcome_not_counted", function=function, outcome=outcome)
 
 
-async def run_job(name: str, fn: JobFunction, ctx: JobContext, payload: dict[str, Any]) -> Any:
+async def run_job(
+    spec: JobSpec, fn: Callable[[JobContext, Any], Awaitable[Any]], ctx: JobContext, payload: Any
+) -> Any:
     """Run one try of a job and apply the retry policy; see the module docstring."""
+    name = spec.name
     tries: int = ctx["job_try"]
     structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], job=name, job_try=tries)
     for field in ("company_id", "channel"):
@@ -184,7 +368,7 @@ async def run_job(name: str, fn: JobFunction, ctx: JobContext, payload: dict[str
         async with asyncio.timeout(JOB_TIMEOUT):
             result = await fn(ctx, payload)
     except Parked as error:
-        await _park(ctx, name, payload, error)
+        await _park(ctx, spec, payload, error)
         return None
     except Exception as error:
         if is_transient(error) and tries < MAX_TRIES:
@@ -193,6 +377,7 @@ async def run_job(name: str, fn: JobFunction, ctx: JobContext, payload: dict[str
             await _count(ctx, name, "retried")
             raise Retry(defer=delay) from error
         await _dead_letter(ctx, name, payload, error, tries)
+        await Queue(ctx["redis"]).release(spec, payload, str(ctx["job_id"]))
         raise
     else:
         await _count(ctx, name, "complete")
@@ -203,14 +388,20 @@ async def run_job(name: str, fn: JobFunction, ctx: JobContext, payload: dict[str
         )
 
 
-async def _park(ctx: JobContext, name: str, payload: dict[str, Any], error: Parked) -> None:
+async def _park(ctx: JobContext, spec: JobSpec, payload: dict[str, Any], error: Parked) -> None:
     """Queue the same work again for when the park ends; the new job starts with fresh tries.
-    A little jitter keeps parked jobs from all waking in the same instant."""
+    A little jitter keeps parked jobs from all waking in the same instant. A grouped job hands
+    its group to the new job, so no second drain of the same conversation starts meanwhile."""
+    name = spec.name
     delay = (error.retry_after or BACKOFF_CAP) * random.uniform(1.0, 1.1)  # noqa: S311 -- jitter
     base_key = str(ctx["job_id"]).split(PARKED_MARK)[0]
     key = f"{base_key}{PARKED_MARK}{int(time.time() * 1000)}"
+    queue = Queue(ctx["redis"])
     try:
-        await Queue(ctx["redis"]).enqueue(name, payload, key=key, defer_by=delay)
+        if spec.group is not None:
+            await queue.schedule(spec, payload, force=True, defer_by=delay)
+        else:
+            await queue.enqueue(name, payload, key=key, defer_by=delay)
     except Exception as enqueue_error:
         # Not re-queued: keep this job instead (a retry spends a try, but nothing is lost).
         log.error("job.park_failed", error=str(enqueue_error))
@@ -248,15 +439,24 @@ async def _dead_letter(
     )
 
 
-def job(fn: JobFunction, *, name: str | None = None) -> RegisteredJob:
-    """Register a job function with the queue's retry policy wrapped around it."""
-    job_name = name or fn.__name__
+def job(
+    fn: Callable[[JobContext, Any], Awaitable[Any]], spec: JobSpec | None = None
+) -> RegisteredJob:
+    """Register a job function with the queue's retry policy wrapped around it. Grouped jobs
+    keep no result: their ids are single-use, and nothing reads them."""
+    declared = spec or JobSpec(fn.__name__)
 
     @functools.wraps(fn)
     async def wrapper(ctx: JobContext, payload: dict[str, Any]) -> Any:
-        return await run_job(job_name, fn, ctx, payload)
+        return await run_job(declared, fn, ctx, payload)
 
-    return func(wrapper, name=job_name, max_tries=ARQ_MAX_TRIES, timeout=JOB_TIMEOUT + 30)
+    return func(
+        wrapper,
+        name=declared.name,
+        max_tries=ARQ_MAX_TRIES,
+        timeout=JOB_TIMEOUT + 30,
+        keep_result=0 if declared.group is not None else None,
+    )
 
 
 def cron_job(
@@ -300,3 +500,48 @@ def create_worker(
         keep_result=3600,
         ctx=ctx,
     )
+
+
+# --- running a worker -----------------------------------------------------------------------
+
+#: Reconnect attempts after a lost Redis wait this long at first, doubling up to the cap.
+RECONNECT_FIRST = 0.2
+RECONNECT_CAP = 5.0
+
+
+async def run_forever(worker: Worker) -> None:
+    """Run the worker's poll loop, riding out a lost Redis: one warning per outage, then
+    reconnect attempts with capped, jittered backoff. Jobs already running go on (their own
+    Redis calls retry, and a failed one is retried by the queue later); a job is never started
+    twice at once because arq's in-progress key is in Redis with the job. The worker's startup
+    hook runs again on reconnect and finds `ctx["redis_lost_at"]` set. Returns when the worker
+    stops (a burst worker that ran dry, or `stop`)."""
+    delay = RECONNECT_FIRST
+    worker.main_task = asyncio.current_task()
+    while True:
+        try:
+            await worker.main()
+            return
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as error:
+            if worker.ctx.get("redis_lost_at") is None:
+                worker.ctx["redis_lost_at"] = time.monotonic()
+                delay = RECONNECT_FIRST
+                log.warning(
+                    "worker.redis_lost",
+                    error=str(error),
+                    action="reconnecting; recorded work waits in the database",
+                )
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 -- jitter
+            delay = min(RECONNECT_CAP, delay * 2)
+
+
+async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
+    """Stop picking jobs, let running ones finish (up to `job_completion_wait`), then close."""
+    worker.allow_pick_jobs = False
+    running = [t for t in worker.tasks.values() if not t.done()]
+    if running:
+        await asyncio.wait(running, timeout=20)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await worker.close()

@@ -17,8 +17,12 @@ REFRESH_LOCK = "pdbridge:lock:refresh:"
 CODE_LOCK = "pdbridge:lock:oauth-code:"
 #: Set while a daily-budget probe is scheduled for an installation, so only one is.
 BUDGET_PROBE = "pdbridge:budget-probe:"
-#: One relay at a time per conversation, so messages reach Pipedrive in order.
-CONVERSATION_LOCK = "pdbridge:lock:conversation:"
+#: A coalesced job group (a conversation's relay or outbox) that has a drain queued or running:
+#: the value is that job's id, trusted only while the job exists. Lifetime: a day at most.
+GROUP_MARK = "pdbridge:group:"
+#: Set when work arrives for a group whose drain is already queued or running; the drain reads
+#: and clears it before it lets the group go. Same lifetime as the mark.
+GROUP_DIRTY = "pdbridge:group-dirty:"
 #: Cached approved templates per channel (WhatsApp), JSON, a few minutes.
 TEMPLATES = "pdbridge:templates:"
 #: Per channel: when the last backfill ran (ISO time).

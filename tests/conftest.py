@@ -136,6 +136,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+def database_url_postgres(postgres_server_url: str) -> str:
+    """The session's PostgreSQL database, emptied (for tests that only make sense on it)."""
+    asyncio.run(_reset_postgres(postgres_server_url))
+    return postgres_server_url
+
+
 async def _reset_postgres(url: str) -> None:
     db = Database(url)
     try:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -51,7 +52,8 @@ def wait_ready(
 def test_run_starts_everything_and_stops_cleanly(
     tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
-    """`pdbridge run` with no configuration serves /readyz; a signal leaves no process behind."""
+    """`pdbridge run` with no configuration serves /readyz from one process that also runs the
+    worker (SQLite has a single writer); a signal leaves no process behind."""
     port = free_port()
     process = subprocess.Popen(
         [*PDBRIDGE, "run"],
@@ -65,8 +67,8 @@ def test_run_starts_everything_and_stops_cleanly(
         assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
         children = psutil.Process(process.pid).children(recursive=True)
         commands = [" ".join(c.cmdline()) for c in children]
-        assert any("service web" in c for c in commands)
-        assert any("service worker" in c for c in commands)
+        assert any("service together" in c for c in commands)
+        assert not any("service web" in c or "service worker" in c for c in commands)
         assert any("redis-server" in c for c in commands)
         assert (tmp_path / "var" / "pdbridge.db").exists()
         assert (tmp_path / "var" / "secret.key").exists()
@@ -81,6 +83,71 @@ def test_run_starts_everything_and_stops_cleanly(
             process.wait()
         if process.stderr:
             process.stderr.close()
+
+
+def _children_by_role(process: subprocess.Popen[bytes]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for child in psutil.Process(process.pid).children():
+        try:
+            with_role = [a for a in child.cmdline() if a in ("web", "worker", "together")]
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue  # exited, not yet reaped
+        if with_role:
+            found[with_role[0]] = child.pid
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not seen within {timeout} s: {what}")
+
+
+@pytest.mark.parametrize(
+    ("database", "roles"),
+    [
+        ("sqlite", {"together"}),
+        pytest.param("postgresql", {"web", "worker"}, marks=pytest.mark.postgres),
+    ],
+)
+def test_run_restarts_a_child_that_dies(
+    request: pytest.FixtureRequest, tmp_path: Path, database: str, roles: set[str]
+) -> None:
+    """A child of `pdbridge run` that is killed is started again and /readyz answers again;
+    `run` itself keeps going, and still stops cleanly on SIGTERM. On PostgreSQL the web and the
+    worker are separate processes."""
+    port = free_port()
+    values = {"PORT": str(port)}
+    if database == "postgresql":
+        values["DATABASE_URL"] = request.getfixturevalue("database_url_postgres")
+    process = subprocess.Popen(
+        [*PDBRIDGE, "run"],
+        cwd=tmp_path,
+        env=env_with(**values),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(port, process)
+        before = _children_by_role(process)
+        assert set(before) == roles
+        victim = sorted(roles)[-1]  # the worker, or the one process that is both
+        psutil.Process(before[victim]).kill()
+        _wait_for(
+            lambda: _children_by_role(process).get(victim) not in (None, before[victim]),
+            f"a new {victim} process",
+        )
+        wait_ready(port, process)
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_bad_configuration_stops_run_with_exit_2(tmp_path: Path) -> None:

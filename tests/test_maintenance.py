@@ -30,12 +30,12 @@ async def test_a_delivery_recorded_before_a_crash_is_enqueued_by_the_sweeper(
     async def pipedrive_event(ctx: JobContext, payload: dict[str, Any]) -> None:
         ran.append(payload)
 
-    await deliveries.record(
-        services.db, source="pipedrive", dedupe_key="k1", job="pipedrive_event", payload={"n": 1}
+    await deliveries.record_many(
+        services.db, "pipedrive", [deliveries.NewDelivery("k1", "pipedrive_event", {"n": 1})]
     )
     async with services.db.engine.begin() as conn:
         await conn.execute(
-            inbound_deliveries.update().values(received_at=utcnow() - timedelta(minutes=5))
+            inbound_deliveries.update().values(updated_at=utcnow() - timedelta(minutes=5))
         )
     assert await maintenance.sweep_stuck_deliveries({"services": services}) == 1
     assert await maintenance.sweep_stuck_deliveries({"services": services}) == 0
@@ -45,8 +45,8 @@ async def test_a_delivery_recorded_before_a_crash_is_enqueued_by_the_sweeper(
 
 async def test_a_fresh_delivery_is_left_to_its_own_job(services: Services) -> None:
     """The sweeper does not touch a delivery recorded moments ago (its job is on the way)."""
-    await deliveries.record(
-        services.db, source="pipedrive", dedupe_key="k2", job="pipedrive_event", payload={}
+    await deliveries.record_many(
+        services.db, "pipedrive", [deliveries.NewDelivery("k2", "pipedrive_event", {})]
     )
     assert await maintenance.sweep_stuck_deliveries({"services": services}) == 0
     assert ingest.job_key("pipedrive", "k2") == "in:pipedrive:k2"

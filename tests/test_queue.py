@@ -168,3 +168,57 @@ async def test_queue_connects_with_retry_settings(redis_url: str) -> None:
         await queue.ping()
     finally:
         await queue.close()
+
+
+GROUPED = queue_module.JobSpec("drain_group", group=lambda p: f"test:{p['g']}")
+
+
+async def test_a_group_has_one_queued_job_however_much_arrives(
+    settings: Settings, services: Services
+) -> None:
+    """Work for a group that already has a queued drain adds no job, only marks the group;
+    the drain sees the mark and goes round again before it lets the group go."""
+    runs: list[str] = []
+
+    async def drain_group(ctx: JobContext, payload: dict[str, Any]) -> None:
+        queue = Queue(ctx["redis"])
+        while True:
+            runs.append(payload["g"])
+            if runs.count("a") == 2:  # work arrives during what would have been the last pass
+                assert not await queue.schedule(GROUPED, {"g": "a", "n": 99})
+            if not await queue.finish(GROUPED, payload, ctx["job_id"]):
+                return
+
+    assert await services.queue.schedule(GROUPED, {"g": "a", "n": 1})
+    for n in range(2, 50):
+        assert not await services.queue.schedule(GROUPED, {"g": "a", "n": n})
+    assert await services.queue.schedule(GROUPED, {"g": "b", "n": 1})
+    assert await services.queue.depth() == 2
+    await run_burst(settings, queue_module.job(drain_group, GROUPED))
+    # group a, one job: its first pass, one more for what was marked before it started, one
+    # more for what arrived during the second; group b: one pass.
+    assert sorted(runs) == ["a", "a", "a", "b"]
+    assert await services.queue.schedule(GROUPED, {"g": "a", "n": 100}), "released afterwards"
+
+
+async def test_a_group_mark_without_its_job_is_replaced(
+    settings: Settings, services: Services
+) -> None:
+    """A mark whose job is gone (it gave up, or Redis lost it) does not block the group."""
+    assert await services.queue.schedule(GROUPED, {"g": "c", "n": 1})
+    await services.queue.redis.delete(*await services.queue.redis.keys("arq:job:drain_group:*"))
+    await services.queue.redis.delete(services.queue.queue_name)
+    assert await services.queue.schedule(GROUPED, {"g": "c", "n": 2})
+    assert await services.queue.depth() == 1
+
+
+async def test_a_failed_drain_releases_its_group(settings: Settings, services: Services) -> None:
+    """A drain that fails for good is dead-lettered and its group is free for the next arrival."""
+
+    async def drain_group(ctx: JobContext, payload: dict[str, Any]) -> None:
+        raise PermanentError("this conversation cannot be drained")
+
+    assert await services.queue.schedule(GROUPED, {"g": "d", "n": 1})
+    await run_burst(settings, queue_module.job(drain_group, GROUPED))
+    assert [d.kind for d in await dead_letters.list_all(services.db)] == ["drain_group"]
+    assert await services.queue.schedule(GROUPED, {"g": "d", "n": 2})

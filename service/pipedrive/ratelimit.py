@@ -33,7 +33,7 @@ WINDOW_MS = 2000
 #: API tokens 20): low enough for any plan.
 DEFAULT_LIMIT = 20
 #: Share of the announced limit we use; what is left absorbs clock skew between the two windows.
-TARGET_FRACTION = 0.95
+TARGET_FRACTION = 0.975
 #: When a park ends, one caller probes; if it never reports back (a crash), another may probe
 #: after this long. Meanwhile the others look again every PROBE_WAIT_MS.
 PROBE_GRACE_MS = 30_000
@@ -69,10 +69,20 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, math.max(1, tonumber(oldest[2]) + window - now)}
 """
 
+# KEYS: the send log, the state. ARGV: the ticket, the announced limit ('' if none), and the
+# announced reset in ms when `remaining` was 0 ('' otherwise). One round trip per answer.
 _COMPLETE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'limit', ARGV[2]) end
+if ARGV[3] ~= '' then
+  local until_ms = now + tonumber(ARGV[3])
+  local current = tonumber(redis.call('HGET', KEYS[2], 'blocked_until') or '0')
+  if until_ms > current then redis.call('HSET', KEYS[2], 'blocked_until', until_ms) end
+  redis.call('PEXPIRE', KEYS[2], 172800000)
+  return -1
+end
 return now
 """
 
@@ -142,12 +152,16 @@ class RateLimiter:
         """Stamp the send with its answer's time, learn the limit from the response, and honour
         `remaining: 0` until its reset."""
         log_key, state_key = self._keys(key)
-        await self._complete(keys=[log_key], args=[ticket])
         limit = _int(headers.get("x-ratelimit-limit"))
-        if limit is not None and limit > 0:
-            await _done(self.redis.hset(state_key, "limit", str(limit)))
+        block_ms = ""
         if _int(headers.get("x-ratelimit-remaining")) == 0:
-            await self.block(key, reset_seconds(headers) or WINDOW_MS / 1000)
+            block_ms = str(int((reset_seconds(headers) or WINDOW_MS / 1000) * 1000) + 1)
+        blocked = await self._complete(
+            keys=[log_key, state_key],
+            args=[ticket, str(limit) if limit is not None and limit > 0 else "", block_ms],
+        )
+        if blocked == -1:
+            log.info("ratelimit.blocked", limiter=key, seconds=int(block_ms) / 1000)
 
     async def block(self, key: str, seconds: float) -> None:
         """No request for this token for `seconds` (a 429's announced reset window)."""

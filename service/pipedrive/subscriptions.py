@@ -91,7 +91,7 @@ def _active(webhook: dict[str, Any]) -> bool:
 async def _remember(
     services: Services, inst: Installation, webhook_id: int, action: str, entity: str
 ) -> None:
-    async with services.db.engine.begin() as conn:
+    async with services.db.write() as conn:
         await conn.execute(
             pipedrive_webhooks.delete().where(
                 pipedrive_webhooks.c.installation_id == inst.id,
@@ -112,7 +112,7 @@ async def _remember(
 
 async def forget(services: Services, inst: Installation) -> None:
     """Drop local records (after an uninstall Pipedrive has already deleted the webhooks)."""
-    async with services.db.engine.begin() as conn:
+    async with services.db.write() as conn:
         await conn.execute(
             sa.delete(pipedrive_webhooks).where(pipedrive_webhooks.c.installation_id == inst.id)
         )

@@ -44,13 +44,24 @@ class TokenManager:
         self.redis = redis
         self.crypto = crypto
         self.oauth = oauth
+        self._plain: dict[str, str] = {}
 
     async def access_token(self, inst: Installation) -> tuple[str, int]:
         """A token good for at least REFRESH_MARGIN, and the version it belongs to."""
-        if _fresh(inst):
-            assert inst.access_token_encrypted is not None
-            return self.crypto.decrypt(inst.access_token_encrypted), inst.token_version
+        if _fresh(inst) and inst.access_token_encrypted is not None:
+            return self._decrypted(inst.access_token_encrypted), inst.token_version
         return await self._refresh(inst.id, seen_version=inst.token_version, force=False)
+
+    def _decrypted(self, encrypted: str) -> str:
+        """Decrypting costs more than the rest of a call's bookkeeping; the last token of each
+        ciphertext is kept in memory (the ciphertext changes with every refresh)."""
+        found = self._plain.get(encrypted)
+        if found is None:
+            found = self.crypto.decrypt(encrypted)
+            if len(self._plain) > 1000:
+                self._plain.clear()
+            self._plain[encrypted] = found
+        return found
 
     async def after_unauthorized(
         self, inst: Installation, rejected_version: int
@@ -77,7 +88,7 @@ class TokenManager:
     async def _refresh_locked(
         self, installation_id: int, seen_version: int, force: bool
     ) -> tuple[str, int]:
-        current = await installations.get(self.db, installation_id)
+        current = await installations.get(self.db, installation_id, fresh=True)
         if current is None or current.status != "active":
             raise InstallationInactive(f"installation {installation_id} is not active")
         assert current.access_token_encrypted is not None

@@ -18,8 +18,8 @@ Errors, drawn as a tree:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -121,6 +121,33 @@ class OutgoingFile:
     url: str | None = None
 
 
+@dataclass
+class SendProgress:
+    """The parts of one outgoing message the provider has already accepted.
+
+    An adapter sends a message as numbered parts (a long text split, then each file) in an order
+    that depends only on the message, and passes each through `part`: a part already sent is
+    skipped (its id comes back), a new one is sent and then `record`ed at once. So a send that
+    stops half-way (a 429 on the third part) resumes at that part and never repeats the others.
+    """
+
+    sent: list[str] = field(default_factory=list)
+    record: Callable[[int, str], Awaitable[None]] | None = None
+
+    async def part(self, index: int, send: Callable[[], Awaitable[str]]) -> str:
+        if index < len(self.sent):
+            return self.sent[index]
+        provider_id = await send()
+        if self.record is not None:
+            await self.record(index, provider_id)
+        self.sent.append(provider_id)
+        return provider_id
+
+    def done(self, index: int) -> bool:
+        """Was part `index` sent already (so its preparation, an upload, can be skipped)?"""
+        return index < len(self.sent)
+
+
 class ProviderAdapter(Protocol):
     """One chat provider. Implementations are stateless apart from an HTTP client."""
 
@@ -162,9 +189,15 @@ class ProviderAdapter(Protocol):
     async def fetch_media(self, channel: Channel, media: MediaRef) -> bytes: ...
 
     async def send(
-        self, channel: Channel, address: str, text: str, files: Sequence[OutgoingFile]
+        self,
+        channel: Channel,
+        address: str,
+        text: str,
+        files: Sequence[OutgoingFile],
+        progress: SendProgress | None = None,
     ) -> str:
-        """Send to the customer at `address`; returns the provider's message id."""
+        """Send to the customer at `address`, part by part through `progress` (see
+        SendProgress); returns the provider's id of the first part."""
         ...
 
     async def register_webhook(self, channel: Channel, url: str) -> None:

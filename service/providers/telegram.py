@@ -9,6 +9,7 @@ token, so no URL of this module is ever logged or handed to Pipedrive.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from service.providers.base import (
     ProviderPermanent,
     ProviderTransient,
     RecipientUnreachable,
+    SendProgress,
 )
 
 log = get_logger(__name__)
@@ -199,18 +201,25 @@ class TelegramProvider:
     # --- outbound ---------------------------------------------------------------------------
 
     async def send(
-        self, channel: Channel, address: str, text: str, files: Sequence[OutgoingFile]
+        self,
+        channel: Channel,
+        address: str,
+        text: str,
+        files: Sequence[OutgoingFile],
+        progress: SendProgress | None = None,
     ) -> str:
         """Text alone goes with sendMessage; files each with sendPhoto or sendDocument, the text
         as the first file's caption when it fits, else as a message of its own first."""
+        progress = progress or SendProgress()
         token = self._token(channel)
         chat_id = int(address) if address.lstrip("-").isdigit() else address
-        first_id: str | None = None
         caption: str | None = text if files and len(text) <= MAX_CAPTION else None
+        sends: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         if text and caption is None:
-            for chunk in _chunks(text, MAX_TEXT):
-                sent = await self._call(token, "sendMessage", {"chat_id": chat_id, "text": chunk})
-                first_id = first_id or str(sent["message_id"])
+            sends += [
+                ("sendMessage", {"chat_id": chat_id, "text": c}, None)
+                for c in _chunks(text, MAX_TEXT)
+            ]
         for index, file in enumerate(files):
             photo = (
                 file.mime_type in ("image/jpeg", "image/png")
@@ -220,13 +229,20 @@ class TelegramProvider:
             form: dict[str, Any] = {"chat_id": str(chat_id)}
             if index == 0 and caption:
                 form["caption"] = caption
-            sent = await self._call(
-                token, method, form, files={field: (file.name, file.data, file.mime_type)}
-            )
-            first_id = first_id or str(sent["message_id"])
-        if first_id is None:
+            sends.append((method, form, {field: (file.name, file.data, file.mime_type)}))
+        if not sends:
             raise ProviderPermanent("nothing to send: the message has no text and no files")
-        return first_id
+        ids = [
+            await progress.part(index, functools.partial(self._send_one, token, *call))
+            for index, call in enumerate(sends)
+        ]
+        return ids[0]
+
+    async def _send_one(
+        self, token: str, method: str, params: dict[str, Any], files: dict[str, Any] | None
+    ) -> str:
+        sent = await self._call(token, method, params, files=files)
+        return str(sent["message_id"])
 
     # --- the HTTP call ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ or an exception text; URLs only carry the account SID, which is not a secret.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -58,6 +59,7 @@ from service.providers.base import (
     ProviderPermanent,
     ProviderTransient,
     RecipientUnreachable,
+    SendProgress,
     StatusEvent,
 )
 from service.providers.urls import UntrustedURL, check_fetch_url, host_of
@@ -383,7 +385,12 @@ class TwilioProvider:
     # --- outbound ---------------------------------------------------------------------------
 
     async def send(
-        self, channel: Channel, address: str, text: str, files: Sequence[OutgoingFile]
+        self,
+        channel: Channel,
+        address: str,
+        text: str,
+        files: Sequence[OutgoingFile],
+        progress: SendProgress | None = None,
     ) -> str:
         """POST Messages.json with To, From, Body, StatusCallback and one MediaUrl per file (Twilio
         fetches our signed links itself). Text over 1600 characters, or more files than a message
@@ -404,21 +411,25 @@ class TwilioProvider:
             raise ProviderPermanent("nothing to send: the message has no text and no files")
         url = f"{self._account_url(creds)}/Messages.json"
         callback = f"{self.public_base_url}/webhooks/twilio/{channel.provider_channel_id}"
-        first: str | None = None
-        for chunk, batch in zip_longest(chunks, batches):
+        progress = progress or SendProgress()
+        ids: list[str] = []
+        for index, (chunk, batch) in enumerate(zip_longest(chunks, batches)):
             form: dict[str, Any] = {"To": address, "From": sender, "StatusCallback": callback}
             if chunk:
                 form["Body"] = chunk
             if batch:
                 form["MediaUrl"] = batch
-            answer = await self._call("POST", url, creds, what="send", data=form)
-            sid = answer.get("sid")
-            if not isinstance(sid, str) or not sid:
-                raise ProviderPermanent("Twilio accepted the message but answered no sid")
-            first = first or sid
-        if first is None:
-            raise ProviderPermanent("nothing was sent")
-        return first
+            ids.append(
+                await progress.part(index, functools.partial(self._send_one, url, creds, form))
+            )
+        return ids[0]
+
+    async def _send_one(self, url: str, creds: Mapping[str, Any], form: dict[str, Any]) -> str:
+        answer = await self._call("POST", url, creds, what="send", data=form)
+        sid = answer.get("sid")
+        if not isinstance(sid, str) or not sid:
+            raise ProviderPermanent("Twilio accepted the message but answered no sid")
+        return sid
 
     # --- the HTTP call ----------------------------------------------------------------------
 

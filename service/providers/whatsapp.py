@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -62,6 +63,7 @@ from service.providers.base import (
     ProviderPermanent,
     ProviderTransient,
     RecipientUnreachable,
+    SendProgress,
     StatusEvent,
 )
 from service.providers.urls import UntrustedURL, check_fetch_url, host_of
@@ -392,38 +394,57 @@ class WhatsAppProvider:
     # --- outbound ---------------------------------------------------------------------------
 
     async def send(
-        self, channel: Channel, address: str, text: str, files: Sequence[OutgoingFile]
+        self,
+        channel: Channel,
+        address: str,
+        text: str,
+        files: Sequence[OutgoingFile],
+        progress: SendProgress | None = None,
     ) -> str:
-        """Files are uploaded first (an upload that fails sends nothing), then sent as image,
-        video, audio or document by MIME type, the text as the first file's caption when that
-        file takes one and the text fits; otherwise the text goes first, in 4096-char parts."""
+        """Files not sent yet are uploaded first (an upload that fails sends nothing), then sent
+        as image, video, audio or document by MIME type, the text as the first file's caption
+        when that file takes one and the text fits; otherwise the text goes first, in 4096-char
+        parts."""
+        progress = progress or SendProgress()
         token = self._token(channel)
         number = self._phone_number_id(channel)
-        uploaded = [(await self._upload(token, number, file), file) for file in files]
         has_text = bool(text.strip())
-        first_kind = uploaded[0][0][1] if uploaded else None
+        first_kind = _kind_of(files[0]) if files else None
         captioned = has_text and first_kind in _CAPTIONED and len(text) <= MAX_CAPTION
-        first_id: str | None = None
-        if has_text and not captioned:
-            for chunk in _chunks(text, MAX_TEXT):
-                sent = await self._send(
-                    token,
-                    number,
-                    address,
-                    {"type": "text", "text": {"body": chunk, "preview_url": False}},
+        chunks = list(_chunks(text, MAX_TEXT)) if has_text and not captioned else []
+        uploaded = {
+            offset: await self._upload(token, number, file)
+            for offset, file in enumerate(files)
+            if not progress.done(len(chunks) + offset)
+        }
+        ids: list[str] = []
+        for index, chunk in enumerate(chunks):
+            content = {"type": "text", "text": {"body": chunk, "preview_url": False}}
+            ids.append(
+                await progress.part(
+                    index, functools.partial(self._send, token, number, address, content)
                 )
-                first_id = first_id or sent
-        for index, ((media_id, kind), file) in enumerate(uploaded):
+            )
+        for offset, file in enumerate(files):
+            index = len(chunks) + offset
+            if progress.done(index):
+                ids.append(progress.sent[index])
+                continue
+            media_id, kind = uploaded[offset]
             item: dict[str, Any] = {"id": media_id}
-            if index == 0 and captioned:
+            if offset == 0 and captioned:
                 item["caption"] = text
             if kind == "document":
                 item["filename"] = file.name
-            sent = await self._send(token, number, address, {"type": kind, kind: item})
-            first_id = first_id or sent
-        if first_id is None:
+            content = {"type": kind, kind: item}
+            ids.append(
+                await progress.part(
+                    index, functools.partial(self._send, token, number, address, content)
+                )
+            )
+        if not ids:
             raise ProviderPermanent("nothing to send: the message has no text and no files")
-        return first_id
+        return ids[0]
 
     async def send_template(
         self, channel: Channel, address: str, name: str, language: str, parameters: list[str]
@@ -472,10 +493,8 @@ class WhatsAppProvider:
 
     async def _upload(self, token: str, number: str, file: OutgoingFile) -> tuple[str, str]:
         """Upload one file; returns (media id, the kind to send it as)."""
-        mime = file.mime_type.split(";", 1)[0].strip().lower() or "application/octet-stream"
-        kind = _KIND_BY_MIME.get(mime, "document")
-        if len(file.data) > UPLOAD_LIMITS[kind]:
-            kind = "document"
+        mime = _mime_of(file)
+        kind = _kind_of(file)
         if len(file.data) > UPLOAD_LIMITS["document"]:
             raise ProviderPermanent(f"file {file.name} is over WhatsApp's 100 MB limit")
         answer = await self._call(
@@ -637,6 +656,16 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 # --- splitting ------------------------------------------------------------------------------
+
+
+def _mime_of(file: OutgoingFile) -> str:
+    return file.mime_type.split(";", 1)[0].strip().lower() or "application/octet-stream"
+
+
+def _kind_of(file: OutgoingFile) -> str:
+    """What WhatsApp sends a file as: by MIME type, a document when too large for that kind."""
+    kind = _KIND_BY_MIME.get(_mime_of(file), "document")
+    return "document" if len(file.data) > UPLOAD_LIMITS[kind] else kind
 
 
 def _split_change(number: str, change: Any) -> list[Delivery]:

@@ -45,7 +45,7 @@ async def create(
     account_name: str,
 ) -> Channel:
     now = utcnow()
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="channel") as conn:
         await conn.execute(
             channels.insert().values(
                 provider_channel_id=provider_channel_id,
@@ -69,18 +69,31 @@ async def create(
 async def get(
     db: Database, crypto: Crypto, provider_channel_id: str, *, include_deleted: bool = False
 ) -> Channel | None:
-    query = sa.select(channels).where(channels.c.provider_channel_id == provider_channel_id)
-    if not include_deleted:
-        query = query.where(channels.c.status == "active")
-    async with db.engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    return _row(row, crypto) if row else None
+    """By our public id, from the process cache when fresh (every webhook asks)."""
+
+    async def load() -> Channel | None:
+        query = sa.select(channels).where(channels.c.provider_channel_id == provider_channel_id)
+        async with db.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _row(row, crypto) if row else None
+
+    found: Channel | None = await db.cache.get("channel", ("public", provider_channel_id), load)
+    if found is not None and not include_deleted and found.status != "active":
+        return None
+    return found
 
 
 async def get_by_id(db: Database, crypto: Crypto, channel_id: int) -> Channel | None:
-    async with db.engine.connect() as conn:
-        row = (await conn.execute(sa.select(channels).where(channels.c.id == channel_id))).first()
-    return _row(row, crypto) if row else None
+    """By row id, from the process cache when fresh (every relay asks)."""
+
+    async def load() -> Channel | None:
+        async with db.engine.connect() as conn:
+            query = sa.select(channels).where(channels.c.id == channel_id)
+            row = (await conn.execute(query)).first()
+        return _row(row, crypto) if row else None
+
+    found: Channel | None = await db.cache.get("channel", ("id", channel_id), load)
+    return found
 
 
 async def list_active(db: Database, crypto: Crypto) -> list[Channel]:
@@ -90,7 +103,7 @@ async def list_active(db: Database, crypto: Crypto) -> list[Channel]:
 
 
 async def set_pipedrive_id(db: Database, channel_id: int, pipedrive_channel_id: str) -> None:
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="channel") as conn:
         await conn.execute(
             channels.update()
             .where(channels.c.id == channel_id)
@@ -100,7 +113,7 @@ async def set_pipedrive_id(db: Database, channel_id: int, pipedrive_channel_id: 
 
 async def mark_deleted(db: Database, channel_id: int) -> bool:
     """Soft delete (messages stay for the record); False when it already was."""
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="channel") as conn:
         result = await conn.execute(
             channels.update()
             .where(channels.c.id == channel_id, channels.c.status == "active")
@@ -111,5 +124,5 @@ async def mark_deleted(db: Database, channel_id: int) -> bool:
 
 async def remove(db: Database, channel_id: int) -> None:
     """Hard delete of a channel that never got registered (a failed creation)."""
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="channel") as conn:
         await conn.execute(channels.delete().where(channels.c.id == channel_id))

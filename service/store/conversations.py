@@ -11,12 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.models import Conversation, Participant
 from service.store.engine import Database
-from service.store.schema import conversations, participants, utcnow
+from service.store.schema import UTCDateTime, conversations, participants, utcnow
 
 
 def _participant(row: sa.Row[Any]) -> Participant:
@@ -39,23 +38,22 @@ async def _with_participants(
         )
         for p in await conn.execute(query):
             people[p._mapping["conversation_id"]].append(_participant(p))
-    result = []
-    for r in rows:
-        m = r._mapping
-        result.append(
-            Conversation(
-                id=m["id"],
-                channel_id=m["channel_id"],
-                external_id=m["external_id"],
-                address=m["address"],
-                link=m["link"],
-                status=m["status"],
-                last_inbound_at=m["last_inbound_at"],
-                last_activity_at=m["last_activity_at"],
-                participants=tuple(people[m["id"]]),
-            )
-        )
-    return result
+    return [_conversation(r, people[r._mapping["id"]]) for r in rows]
+
+
+def _conversation(row: sa.Row[Any], people: Sequence[Participant] = ()) -> Conversation:
+    m = row._mapping
+    return Conversation(
+        id=m["id"],
+        channel_id=m["channel_id"],
+        external_id=m["external_id"],
+        address=m["address"],
+        link=m["link"],
+        status=m["status"],
+        last_inbound_at=m["last_inbound_at"],
+        last_activity_at=m["last_activity_at"],
+        participants=tuple(people),
+    )
 
 
 async def upsert(
@@ -69,97 +67,87 @@ async def upsert(
     activity_at: datetime,
     inbound: bool,
 ) -> Conversation:
-    """Create or refresh a conversation and its participants (names may change)."""
-    async with db.engine.begin() as conn:
-        found = (
+    """Create or refresh a conversation and its participants (names may change), in one
+    transaction; returns it as stored, with the participants given."""
+    async with db.write() as conn:
+        row = (
             await conn.execute(
-                sa.select(
-                    conversations.c.id,
-                    conversations.c.last_activity_at,
-                    conversations.c.last_inbound_at,
-                ).where(
-                    conversations.c.channel_id == channel_id,
-                    conversations.c.external_id == external_id,
+                db.insert_ignoring_duplicates(conversations)
+                .values(
+                    channel_id=channel_id,
+                    external_id=external_id,
+                    address=address,
+                    link=link,
+                    status="open",
+                    last_inbound_at=activity_at if inbound else None,
+                    last_activity_at=activity_at,
+                    created_at=utcnow(),
                 )
+                .returning(conversations)
             )
         ).first()
-        if found is None:
-            try:
-                async with conn.begin_nested():
-                    result = await conn.execute(
-                        conversations.insert()
-                        .values(
-                            channel_id=channel_id,
-                            external_id=external_id,
-                            address=address,
-                            link=link,
-                            status="open",
-                            last_inbound_at=activity_at if inbound else None,
-                            last_activity_at=activity_at,
-                            created_at=utcnow(),
-                        )
-                        .returning(conversations.c.id)
+        if row is None:  # it exists: move its clocks forward only
+            at = sa.literal(activity_at, UTCDateTime)
+            newer_activity = sa.case(
+                (conversations.c.last_activity_at < at, at),
+                else_=conversations.c.last_activity_at,
+            )
+            values: dict[str, Any] = {"status": "open", "last_activity_at": newer_activity}
+            if inbound:
+                values["last_inbound_at"] = sa.case(
+                    (conversations.c.last_inbound_at.is_(None), at),
+                    (conversations.c.last_inbound_at < at, at),
+                    else_=conversations.c.last_inbound_at,
+                )
+            row = (
+                await conn.execute(
+                    conversations.update()
+                    .where(
+                        conversations.c.channel_id == channel_id,
+                        conversations.c.external_id == external_id,
                     )
-                    conversation_id = int(result.scalar_one())
-            except IntegrityError:  # created by another worker meanwhile
-                conversation_id = int(
-                    (
-                        await conn.execute(
-                            sa.select(conversations.c.id).where(
-                                conversations.c.channel_id == channel_id,
-                                conversations.c.external_id == external_id,
-                            )
-                        )
-                    ).scalar_one()
+                    .values(**values)
+                    .returning(conversations)
                 )
-        else:
-            conversation_id = int(found.id)
-            values: dict[str, Any] = {"status": "open"}
-            if activity_at > found.last_activity_at:
-                values["last_activity_at"] = activity_at
-            last_inbound = found.last_inbound_at
-            if inbound and (last_inbound is None or activity_at > last_inbound):
-                values["last_inbound_at"] = activity_at
-            await conn.execute(
-                conversations.update().where(conversations.c.id == conversation_id).values(**values)
+            ).one()
+        conversation_id = int(row._mapping["id"])
+        known = {
+            p.external_id: p
+            for p in map(
+                _participant,
+                await conn.execute(
+                    sa.select(participants).where(participants.c.conversation_id == conversation_id)
+                ),
             )
+        }
         for person in people:
-            await _upsert_participant(conn, conversation_id, person)
-    conversation = await get_by_pk(db, conversation_id)
-    assert conversation is not None
-    return conversation
-
-
-async def _upsert_participant(
-    conn: AsyncConnection, conversation_id: int, person: Participant
-) -> None:
-    updated = await conn.execute(
-        participants.update()
-        .where(
-            participants.c.conversation_id == conversation_id,
-            participants.c.external_id == person.external_id,
-        )
-        .values(name=person.name, avatar_url=person.avatar_url)
-    )
-    if updated.rowcount:
-        return
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                participants.insert().values(
-                    conversation_id=conversation_id,
-                    external_id=person.external_id,
-                    name=person.name,
-                    role=person.role,
-                    avatar_url=person.avatar_url,
+            if person.external_id not in known:
+                await conn.execute(
+                    db.insert_ignoring_duplicates(participants).values(
+                        conversation_id=conversation_id,
+                        external_id=person.external_id,
+                        name=person.name,
+                        role=person.role,
+                        avatar_url=person.avatar_url,
+                    )
                 )
-            )
-    except IntegrityError:
-        pass  # inserted by another worker meanwhile: same data
+            elif (known[person.external_id].name, known[person.external_id].avatar_url) != (
+                person.name,
+                person.avatar_url,
+            ):
+                await conn.execute(
+                    participants.update()
+                    .where(
+                        participants.c.conversation_id == conversation_id,
+                        participants.c.external_id == person.external_id,
+                    )
+                    .values(name=person.name, avatar_url=person.avatar_url)
+                )
+    return _conversation(row, people)
 
 
 async def touch(db: Database, conversation_id: int, at: datetime) -> None:
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         await conn.execute(
             conversations.update()
             .where(conversations.c.id == conversation_id, conversations.c.last_activity_at < at)
@@ -222,7 +210,7 @@ async def find_participant(db: Database, channel_id: int, external_id: str) -> P
 
 
 async def close(db: Database, conversation_id: int) -> None:
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         await conn.execute(
             conversations.update()
             .where(conversations.c.id == conversation_id)

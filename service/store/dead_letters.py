@@ -60,7 +60,7 @@ async def record(
     channel: str | None = None,
 ) -> int:
     """Store a failed job; returns the dead letter's id."""
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         result = await conn.execute(
             dead_letters.insert()
             .values(
@@ -98,7 +98,7 @@ async def get(db: Database, dead_letter_id: int) -> DeadLetter | None:
 
 
 async def mark_replayed(db: Database, dead_letter_id: int) -> None:
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         await conn.execute(
             dead_letters.update()
             .where(dead_letters.c.id == dead_letter_id)
@@ -108,7 +108,7 @@ async def mark_replayed(db: Database, dead_letter_id: int) -> None:
 
 async def prune_replayed(db: Database, older_than: datetime) -> int:
     """Delete dead letters that were replayed before `older_than`; unreplayed ones stay."""
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         result = await conn.execute(
             dead_letters.delete().where(
                 dead_letters.c.replayed_at.is_not(None), dead_letters.c.replayed_at < older_than

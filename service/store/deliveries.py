@@ -1,82 +1,88 @@
 """Inbound deliveries: the durable dedupe record written before a webhook is acknowledged.
 
-A delivery is `received` when recorded and `enqueued` once its job is in the queue. A redelivery
-of a `received` one (the enqueue failed, or the process died in between) is enqueued again; one
-already `enqueued` is acknowledged as a duplicate and nothing else happens.
+A delivery is `received` when recorded and `done` once its work succeeded (`failed` when it was
+set aside as a dead letter). Chat deliveries stay `received` while their conversation's relay
+drains them; the sweeper schedules any that wait too long. Older Pipedrive-event rows may say
+`enqueued` (their job is in the queue); both count as not done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from service.store.engine import Database
-from service.store.schema import inbound_deliveries, utcnow
+from service.store.schema import inbound_deliveries, messages, utcnow
 
 Source = Literal["pipedrive", "telegram", "whatsapp", "twilio"]
+#: Not done yet: still to be relayed (or queued, for Pipedrive events).
+OPEN = ("received", "enqueued")
 
 
-async def record(
-    db: Database,
-    *,
-    source: Source,
-    dedupe_key: str,
-    job: str,
-    payload: dict[str, Any],
-    conversation_key: str | None = None,
-    status: str = "received",
-) -> bool:
-    """Record a delivery; True when it still needs enqueueing (new, or recorded but not queued)."""
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """One delivery to record (see `record_many`)."""
+
+    dedupe_key: str
+    job: str
+    payload: dict[str, Any]
+    conversation_key: str | None = None
+    status: str = "received"
+
+
+#: What `record_many` found for a delivery: recorded now, recorded before and not done yet (a
+#: redelivery, perhaps after a failed enqueue: queue it again), or recorded before and done.
+Recorded = Literal["new", "open", "done"]
+
+
+async def record_many(db: Database, source: Source, found: Sequence[NewDelivery]) -> list[Recorded]:
+    """Record a webhook body's deliveries in one transaction (see `Recorded`)."""
     now = utcnow()
-    try:
-        async with db.engine.begin() as conn:
-            await conn.execute(
-                inbound_deliveries.insert().values(
+    fresh: list[Recorded] = []
+    async with db.write() as conn:
+        for item in found:
+            inserted = await conn.execute(
+                db.insert_ignoring_duplicates(inbound_deliveries)
+                .values(
                     source=source,
-                    dedupe_key=dedupe_key,
-                    conversation_key=conversation_key,
-                    status=status,
-                    job=job,
-                    payload=payload,
+                    dedupe_key=item.dedupe_key,
+                    conversation_key=item.conversation_key,
+                    status=item.status,
+                    job=item.job,
+                    payload=item.payload,
                     received_at=now,
                     updated_at=now,
                 )
+                .returning(inbound_deliveries.c.id)
             )
-        return True
-    except IntegrityError:
-        async with db.engine.connect() as conn:
+            if inserted.first() is not None:
+                fresh.append("new")
+                continue
             status = (
                 await conn.execute(
                     sa.select(inbound_deliveries.c.status).where(
                         inbound_deliveries.c.source == source,
-                        inbound_deliveries.c.dedupe_key == dedupe_key,
+                        inbound_deliveries.c.dedupe_key == item.dedupe_key,
                     )
                 )
             ).scalar_one()
-        return bool(status == "received")
+            fresh.append("open" if status in OPEN else "done")
+    return fresh
 
 
-async def stuck(
-    db: Database, older_than: datetime, queued_before: datetime, limit: int = 500
-) -> list[dict[str, Any]]:
-    """Deliveries recorded but never enqueued (a crash between the two steps), and ones queued
-    long ago but not done (their job ran out of tries during an outage)."""
+async def stuck(db: Database, older_than: datetime, limit: int = 500) -> list[dict[str, Any]]:
+    """Deliveries not done since `older_than`: their job was never queued (Redis was down, the
+    process died), or it ran out of tries during an outage. The sweeper schedules them again;
+    a conversation's relay that is still queued or running makes that a no-op."""
     query = (
         sa.select(inbound_deliveries)
         .where(
-            sa.or_(
-                sa.and_(
-                    inbound_deliveries.c.status == "received",
-                    inbound_deliveries.c.received_at < older_than,
-                ),
-                sa.and_(
-                    inbound_deliveries.c.status == "enqueued",
-                    inbound_deliveries.c.updated_at < queued_before,
-                ),
-            )
+            inbound_deliveries.c.status.in_(OPEN),
+            inbound_deliveries.c.updated_at < older_than,
         )
         .order_by(inbound_deliveries.c.id)
         .limit(limit)
@@ -102,20 +108,59 @@ async def count_by_status(db: Database, source: Source) -> dict[str, int]:
 
 
 async def pending_for_conversation(
-    db: Database, source: Source, conversation_key: str
+    db: Database, source: Source, conversation_key: str, *, limit: int = 100
 ) -> list[dict[str, Any]]:
-    """Deliveries of one conversation not yet relayed, in the order they arrived."""
+    """The oldest deliveries of one conversation not yet relayed, in the order they arrived."""
     query = (
-        sa.select(inbound_deliveries)
+        sa.select(
+            inbound_deliveries.c.id, inbound_deliveries.c.dedupe_key, inbound_deliveries.c.payload
+        )
         .where(
-            inbound_deliveries.c.source == source,
             inbound_deliveries.c.conversation_key == conversation_key,
-            inbound_deliveries.c.status.in_(("received", "enqueued")),
+            inbound_deliveries.c.status.in_(OPEN),
+            inbound_deliveries.c.source == source,
         )
         .order_by(inbound_deliveries.c.id)
+        .limit(limit)
     )
     async with db.engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def mark_relayed(
+    db: Database, delivery_ids: Sequence[int], pushed: Sequence[tuple[int, str]]
+) -> None:
+    """One batch is through: its deliveries are done and Pipedrive was told each message's
+    status, in one transaction (a crash before it re-tells them: `receive` is an upsert)."""
+    now = utcnow()
+    async with db.write() as conn:
+        if pushed:
+            await conn.execute(
+                messages.update()
+                .where(messages.c.id == sa.bindparam("message_id"))
+                .values(pushed_status=sa.bindparam("pushed"), updated_at=now),
+                [{"message_id": m, "pushed": status} for m, status in pushed],
+            )
+        if delivery_ids:
+            await conn.execute(
+                inbound_deliveries.update()
+                .where(inbound_deliveries.c.id.in_(delivery_ids))
+                .values(status="done", updated_at=now)
+            )
+
+
+async def touch(db: Database, source: Source, dedupe_keys: Sequence[str]) -> None:
+    """The sweeper scheduled these again: restart their clocks so it waits before the next try."""
+    async with db.write() as conn:
+        await conn.execute(
+            inbound_deliveries.update()
+            .where(
+                inbound_deliveries.c.source == source,
+                inbound_deliveries.c.dedupe_key.in_(dedupe_keys),
+                inbound_deliveries.c.status.in_(OPEN),
+            )
+            .values(updated_at=utcnow())
+        )
 
 
 async def set_status(
@@ -132,26 +177,8 @@ async def set_status(
     )
     if only_from is not None:
         query = query.where(inbound_deliveries.c.status.in_(only_from))
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         await conn.execute(query.values(status=status, updated_at=utcnow()))
-
-
-async def mark_enqueued(db: Database, *, source: Source, dedupe_key: str) -> None:
-    """Its job is in the queue (never moves a finished delivery back)."""
-    await set_status(
-        db, source=source, dedupe_key=dedupe_key, status="enqueued", only_from=("received",)
-    )
-
-
-async def mark_requeued(db: Database, *, source: Source, dedupe_key: str) -> None:
-    """The sweeper queued it again: `enqueued`, with its clock restarted."""
-    await set_status(
-        db,
-        source=source,
-        dedupe_key=dedupe_key,
-        status="enqueued",
-        only_from=("received", "enqueued"),
-    )
 
 
 async def mark_done(db: Database, *, source: Source, dedupe_key: str) -> None:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+
+T = TypeVar("T")
+
+#: How long a cached channel or installation is trusted without asking the database. Writes in
+#: this process invalidate at once; this bounds how long another process's change goes unseen.
+CACHE_SECONDS = 2.0
 
 
 def async_url(database_url: str) -> URL:
@@ -42,11 +54,67 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class LocalCache:
+    """Rows that are read on every request and rarely change (channels, installations, with
+    their credentials decrypted), kept in the process for `CACHE_SECONDS`."""
+
+    def __init__(self, seconds: float = CACHE_SECONDS) -> None:
+        self.seconds = seconds
+        self._generation = 0
+        self._entries: dict[tuple[str, Any], tuple[float, Any]] = {}
+
+    async def get(self, kind: str, key: Any, load: Callable[[], Any]) -> Any:
+        """The cached value for (kind, key), or `await load()` stored for next time; a None
+        (not found) is not cached, so a row created meanwhile is seen at once."""
+        now = time.monotonic()
+        hit = self._entries.get((kind, key))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        generation = self._generation
+        value = await load()
+        # Not kept when a write invalidated meanwhile: what was read may predate it.
+        if value is not None and generation == self._generation:
+            self._entries[(kind, key)] = (now + self.seconds, value)
+        return value
+
+    def invalidate(self, kind: str | None = None) -> None:
+        """Forget every entry of `kind` (every entry at all when None)."""
+        self._generation += 1
+        if kind is None:
+            self._entries.clear()
+            return
+        for entry in [k for k in self._entries if k[0] == kind]:
+            del self._entries[entry]
+
+
+#: One writer lock per SQLite file and event loop, shared by every Database of the process (the
+#: web app and the worker side by side in `pdbridge run`).
+_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _writer_lock(url: URL) -> asyncio.Lock:
+    locks = _WRITERS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(str(url), asyncio.Lock())
+
+
+#: Every open Database of this process, so a write through one invalidates the caches of all
+#: the others on the same URL (a test runs the web and the worker side by side in one process).
+_OPEN: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
 class Database:
-    """One engine per process; the handlers and jobs share it through the app state or job ctx."""
+    """One engine per process; the handlers and jobs share it through the app state or job ctx.
+
+    On SQLite, writes go through `write()`, which lets one transaction of the process at a time
+    take SQLite's write lock: writers queue on an asyncio lock instead of spinning in SQLite's
+    busy handler (which sleeps in steps of up to 100 ms). Readers are never held up (WAL)."""
 
     def __init__(self, database_url: str, *, pool_size: int = 10) -> None:
         self.url = async_url(database_url)
+        self.cache = LocalCache()
+        _OPEN.add(self)
         kwargs: dict[str, Any] = {}
         if self.is_sqlite and self.url.database in (None, "", ":memory:"):
             kwargs["poolclass"] = NullPool
@@ -63,6 +131,38 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.url.drivername.startswith("sqlite")
+
+    @asynccontextmanager
+    async def write(self, *, invalidates: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (committed on success, rolled back on error); `invalidates`
+        names the cached kind of row it changes."""
+        try:
+            if not self.is_sqlite:
+                async with self.engine.begin() as conn:
+                    yield conn
+                return
+            async with _writer_lock(self.url), self.engine.begin() as conn:
+                yield conn
+        finally:
+            if invalidates is not None:
+                self.invalidate(invalidates)
+
+    def insert_ignoring_duplicates(self, table: Any) -> Any:
+        """`INSERT ... ON CONFLICT DO NOTHING` in this backend's dialect (both support
+        RETURNING, so the caller learns which rows were new in the same round trip)."""
+        if self.is_sqlite:
+            return sqlite_insert(table).on_conflict_do_nothing()
+        return postgresql_insert(table).on_conflict_do_nothing()
+
+    def read(self) -> Any:
+        """A connection for reads (no transaction is held open longer than the block)."""
+        return self.engine.connect()
+
+    def invalidate(self, kind: str) -> None:
+        """A row of `kind` changed: drop cached copies in every Database of this process."""
+        for db in list(_OPEN):
+            if db.url == self.url:
+                db.cache.invalidate(kind)
 
     async def ping(self, timeout: float = 2.0) -> None:
         """Raise unless the database answers a trivial query within `timeout` seconds."""

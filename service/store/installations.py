@@ -101,14 +101,23 @@ def code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-async def get(db: Database, installation_id: int) -> Installation | None:
-    async with db.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(installations).where(installations.c.id == installation_id)
-            )
-        ).first()
-    return _row(row) if row else None
+async def get(db: Database, installation_id: int, *, fresh: bool = False) -> Installation | None:
+    """By id, from the process cache when fresh (every relayed message asks); `fresh` reads
+    the database (a token refresh decides on what is stored now)."""
+
+    async def load() -> Installation | None:
+        async with db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(installations).where(installations.c.id == installation_id)
+                )
+            ).first()
+        return _row(row) if row else None
+
+    if fresh:
+        return await load()
+    found: Installation | None = await db.cache.get("installation", installation_id, load)
+    return found
 
 
 async def find(db: Database, company_id: int, user_id: int) -> Installation | None:
@@ -175,7 +184,7 @@ async def save_oauth_install(
         "status_reason": None,
         "updated_at": now,
     }
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="installation") as conn:
         existing = (
             await conn.execute(
                 sa.select(installations.c.id).where(
@@ -219,7 +228,7 @@ async def ensure_api_token_install(
             assert found is not None
         return found
     now = utcnow()
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="installation") as conn:
         await conn.execute(
             installations.insert().values(
                 company_id=company_id,
@@ -241,7 +250,7 @@ async def save_refreshed_tokens(
     db: Database, crypto: Crypto, installation_id: int, tokens: TokenSet
 ) -> None:
     """Persist a refresh's result, always including the refresh token that came back."""
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="installation") as conn:
         await conn.execute(
             installations.update()
             .where(installations.c.id == installation_id)
@@ -275,7 +284,7 @@ async def set_status(
             installations.c.token_version == only_if_version,
             installations.c.status == "active",
         )
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="installation") as conn:
         result = await conn.execute(
             query.values(status=status, status_reason=reason, updated_at=utcnow())
         )
@@ -285,7 +294,7 @@ async def set_status(
 async def set_webhook_credentials(
     db: Database, crypto: Crypto, installation_id: int, user: str, password: str
 ) -> None:
-    async with db.engine.begin() as conn:
+    async with db.write(invalidates="installation") as conn:
         await conn.execute(
             installations.update()
             .where(installations.c.id == installation_id)

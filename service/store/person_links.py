@@ -12,7 +12,7 @@ async def link(
     db: Database, *, company_id: int, person_id: int, ref_kind: str, ref_id: str
 ) -> None:
     """Point (ref_kind, ref_id) at a person, replacing an earlier link of the same reference."""
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         updated = await conn.execute(
             person_links.update()
             .where(
@@ -47,7 +47,7 @@ async def person_for(db: Database, *, company_id: int, ref_kind: str, ref_id: st
 
 async def repoint(db: Database, *, company_id: int, from_person: int, to_person: int) -> int:
     """After a merge, every link to the merged-away person points at the survivor."""
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         result = await conn.execute(
             person_links.update()
             .where(person_links.c.company_id == company_id, person_links.c.person_id == from_person)
@@ -58,7 +58,7 @@ async def repoint(db: Database, *, company_id: int, from_person: int, to_person:
 
 async def unlink_person(db: Database, *, company_id: int, person_id: int) -> int:
     """A person deleted for good: drop the links, the next message creates a new one."""
-    async with db.engine.begin() as conn:
+    async with db.write() as conn:
         result = await conn.execute(
             person_links.delete().where(
                 person_links.c.company_id == company_id, person_links.c.person_id == person_id

@@ -253,4 +253,22 @@ messages = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("channel_id", "external_id", name="uq_messages_channel_external"),
     sa.Index("ix_messages_conversation_id", "conversation_id", "id"),
+    sa.Index("ix_messages_outbox", "direction", "status", "updated_at"),
+)
+
+#: The provider messages an outgoing message went out as (a long text is split, files go one
+#: by one): each part is recorded as soon as the provider accepted it, so it is never sent again.
+message_parts = sa.Table(
+    "message_parts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("channel_id", sa.Integer, nullable=False),
+    sa.Column("part_index", sa.Integer, nullable=False),
+    sa.Column("provider_message_id", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("message_id", "part_index", name="uq_message_parts_message_id"),
+    sa.Index("ix_message_parts_provider", "channel_id", "provider_message_id"),
 )

@@ -83,3 +83,44 @@ async def test_metrics_count_requests_by_route_and_report_the_queue(services: Se
 def test_settings_fixture_has_no_stray_environment() -> None:
     """The helpers build settings from arguments only."""
     assert make_settings().redis_url is None
+
+
+async def test_a_client_that_hangs_up_mid_body_is_no_server_error(services: Services) -> None:
+    """A client that disconnects before its body arrives gets no 500 and raises nothing: the
+    request is counted as 499 and nothing is written."""
+    app = create_app(services.settings, services)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/admin/channels",
+        "raw_path": b"/admin/channels",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", ADMIN["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100"),
+        ],
+        "client": ("127.0.0.1", 1234),
+        "server": ("test", 80),
+    }
+    chunks = [{"type": "http.request", "body": b'{"provider": "tele', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent == []
+    text = services.metrics.render().decode()
+    counted = [line for line in text.splitlines() if 'status="499"' in line]
+    assert counted, text
+    assert all(line.endswith(" 1.0") for line in counted if line.startswith("pdbridge_http"))
+    assert 'status="500"' not in text

@@ -93,7 +93,7 @@ async def test_flood_control_is_waited_out(chat: tuple[Stack, str]) -> None:
     reported = {m["id"]: m for m in stack.pd.received(pcid)}[body["data"]["id"]]  # type: ignore[index]
     assert reported["status"] == "sent"
     outcomes = await stack.bridge.services.queue.job_outcomes()
-    assert outcomes[("deliver_outbound", "retried")] == 1
+    assert outcomes[("send_conversation", "retried")] == 1
 
 
 @pytest.mark.parametrize("field", ["recipientIds[]", "recipientIds", "recipientIds[0]"])

@@ -260,7 +260,7 @@ async def test_a_status_that_overtakes_its_send_is_applied_after_it(
 ) -> None:
     """A status for a wamid we have not stored yet (the send call has not returned) is kept
     and applied once the send stores the id, instead of being dropped."""
-    from service import messaging
+    from service import relay
     from service.providers.base import StatusEvent
     from service.store import messages
 
@@ -270,10 +270,10 @@ async def test_a_status_that_overtakes_its_send_is_applied_after_it(
     channel = await channels.get(svc.db, svc.crypto, whatsapp.pcid)
     assert channel is not None
     early = StatusEvent(provider_message_id="wamid.not-yet-stored", status="read")
-    assert await messaging.apply_status(svc, channel, early) is False
+    assert await relay.apply_status(svc, channel, early) is False
     message = await messages.get(svc.db, channel.id, reply_id)
     assert message is not None
-    await messaging._apply_early_statuses(svc, channel, message, "wamid.not-yet-stored")
+    await relay.apply_early_statuses(svc, channel, message, "wamid.not-yet-stored")
     assert whatsapp.reported()[reply_id]["status"] == "read"
 
 

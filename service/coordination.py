@@ -1,0 +1,78 @@
+"""Short-lived state that processes share through Redis, apart from the queue itself.
+
+Each helper owns one key family from `service.redis_keys` and says what is lost if Redis forgets
+it: nothing here is the only record of a message (that is the database's job).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar, cast
+
+from redis.asyncio import Redis
+
+from service import redis_keys
+
+T = TypeVar("T")
+
+#: How long a provider status for a message we do not know yet is kept for its sender to find.
+EARLY_STATUS_SECONDS = 600
+#: Approved templates are asked for often by Pipedrive and change rarely.
+TEMPLATES_TTL_SECONDS = 600
+
+
+async def _done(result: Awaitable[T] | T) -> T:
+    """redis-py types its commands for both clients; on the async one they are awaitables."""
+    return await cast("Awaitable[T]", result)
+
+
+class Coordination:
+    """The shared short-lived state of one Redis (see the module docstring)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def keep_early_status(
+        self, channel_id: int, provider_message_id: str, status: str, error: str | None
+    ) -> None:
+        """A status that overtook its own send (its message id is not stored yet). Lost if
+        Redis forgets it: the message then stays at `sent` until the next status."""
+        key = f"{redis_keys.EARLY_STATUS}{channel_id}:{provider_message_id}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps([status, error]))
+            pipe.expire(key, EARLY_STATUS_SECONDS)
+            await pipe.execute()
+
+    async def take_early_statuses(
+        self, channel_id: int, provider_message_id: str
+    ) -> list[tuple[str, str | None]]:
+        """The statuses kept for this provider id, oldest first, removed as they are read."""
+        key = f"{redis_keys.EARLY_STATUS}{channel_id}:{provider_message_id}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, -1)
+            pipe.delete(key)
+            found, _ = await pipe.execute()
+        return [(str(s), e) for s, e in (json.loads(raw) for raw in found)]
+
+    async def cached_templates(
+        self, channel_id: int, fetch: Callable[[], Awaitable[list[dict[str, str]]]]
+    ) -> list[dict[str, str]]:
+        """The channel's templates from the cache, else fetched and cached a few minutes."""
+        key = f"{redis_keys.TEMPLATES}{channel_id}"
+        cached = await self.redis.get(key)
+        if cached is not None:
+            found: list[dict[str, str]] = json.loads(cached)
+            return found
+        fresh = await fetch()
+        await self.redis.set(key, json.dumps(fresh), ex=TEMPLATES_TTL_SECONDS)
+        return fresh
+
+    async def backfill_mark(self, channel_id: int) -> datetime | None:
+        """When the channel's last backfill ran; None (look back the most) if Redis forgot."""
+        mark = await self.redis.get(f"{redis_keys.BACKFILL_MARK}{channel_id}")
+        return datetime.fromisoformat(mark.decode()) if mark else None
+
+    async def set_backfill_mark(self, channel_id: int, at: datetime) -> None:
+        await self.redis.set(f"{redis_keys.BACKFILL_MARK}{channel_id}", at.isoformat())
