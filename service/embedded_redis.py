@@ -48,9 +48,12 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1; use as a context manager or start()/stop()."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, persistent: bool = False) -> None:
+        """`persistent` keeps an append-only file in `workdir`, synced on every write, so a
+        restart on the same port and folder finds every queued job (the fault tests)."""
         self.workdir = workdir
         self.port = port or free_port()
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,7 +67,8 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", str(self.workdir),
             "--protected-mode", "yes",
             "--loglevel", "warning",
@@ -90,6 +94,13 @@ class EmbeddedRedis:
             time.sleep(0.05)
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an out-of-memory kill would: no shutdown save."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+            log.info("embedded_redis.killed", port=self.port)
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -1,0 +1,175 @@
+"""pdbridge as operators run it, for fault tests: real `pdbridge run`, or `web` and `worker` as
+separate processes, wired to the Pipedrive and Telegram stand-ins on real sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from service.embedded_redis import free_port
+from service.pipedrive.manifest import manifest
+from tests.conftest import ADMIN_TOKEN
+from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET
+from tests.standins.pipedrive import PipedriveStandin
+from tests.standins.telegram import TelegramStandin
+from tests.test_cli import PDBRIDGE, env_with
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+BOT_TOKEN = "777009:fault-suite-bot"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll `condition` until it holds (bounded): behaviour, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+@dataclass
+class Running:
+    """The service's processes and what a test needs to talk to it like the outside world."""
+
+    url: str
+    processes: dict[str, subprocess.Popen[bytes]]
+    pd: PipedriveStandin
+    tg: TelegramStandin
+    logs: Path
+    pcid: str = ""
+    secret: str = ""
+    update_id: int = field(default=1000)
+
+    def alive(self) -> dict[str, bool]:
+        return {role: p.poll() is None for role, p in self.processes.items()}
+
+    def customer_says(self, chat_id: int, text: str, message_id: int) -> int:
+        """A Telegram update for `text`, as Telegram posts it; returns our answer's status."""
+        self.update_id += 1
+        update = self.tg.text_update(
+            update_id=self.update_id, chat_id=chat_id, text=text, message_id=message_id
+        )
+        response = httpx2.post(
+            f"{self.url}/webhooks/telegram/{self.pcid}",
+            json=update,
+            headers={"X-Telegram-Bot-Api-Secret-Token": self.secret},
+            timeout=30,
+        )
+        return response.status_code
+
+    def agent_says(self, chat_id: int, text: str) -> httpx2.Response:
+        """An agent's reply from the Pipedrive inbox (postMessage, as Pipedrive calls it)."""
+        return self.pd.post_message(
+            self.pcid,
+            conversation_id=f"tg:777009:{chat_id}",
+            sender_id="tg:biz:777009",
+            recipient_ids=[f"tg:{chat_id}"],
+            message=text,
+        )
+
+    def inbound_at_pipedrive(self) -> list[str]:
+        """Texts of customers' messages Pipedrive accepted, in arrival order, repeats kept."""
+        return [
+            str(r.json["message"])
+            for r in self.pd.requests
+            if r.api_path == "/v1/channels/messages/receive"
+            and r.status == 200
+            and isinstance(r.json, dict)
+            and str(r.json.get("id", "")).startswith("tg:")
+        ]
+
+    def outbound_at_telegram(self) -> list[str]:
+        return [str(m["text"]) for m in self.tg.sent]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx2.get(f"{url}/readyz", timeout=1.0).status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
+@contextmanager
+def running_service(
+    tmp_path: Path, layout: str, redis_url: str, database_url: str | None = None
+) -> Iterator[Running]:
+    """Start the service (`run`, or `web` + `worker`), install the app through OAuth and
+    connect one Telegram channel; stops everything on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (
+        PipedriveStandin(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as pd,
+        TelegramStandin(bot_token=BOT_TOKEN) as tg,
+    ):
+        env = env_with(
+            PORT=str(port),
+            PUBLIC_BASE_URL="https://bridge.example.com",  # Telegram takes HTTPS webhooks only
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url or f"sqlite:///{tmp_path / 'pdbridge.db'}",
+            SECRET_KEY="fault-suite-secret-key-0123456789abcdef",
+            ADMIN_TOKEN=ADMIN_TOKEN,
+            PIPEDRIVE_CLIENT_ID=CLIENT_ID,
+            PIPEDRIVE_CLIENT_SECRET=CLIENT_SECRET,
+            PIPEDRIVE_OAUTH_URL=pd.base_url,
+            PIPEDRIVE_API_URL=pd.base_url,
+            TELEGRAM_API_URL=tg.base_url,
+            LOG_FORMAT="json",
+        )
+        logs = tmp_path / "logs"
+        logs.mkdir(exist_ok=True)
+        roles = ["run"] if layout == "run" else ["web", "worker"]
+        if layout != "run":
+            subprocess.run([*PDBRIDGE, "migrate"], cwd=tmp_path, env=env, check=True)
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+        handles: list[Any] = []
+        try:
+            for role in roles:
+                out = (logs / f"{role}.log").open("wb")
+                handles.append(out)
+                processes[role] = subprocess.Popen(
+                    [*PDBRIDGE, role], cwd=tmp_path, env=env, stdout=out, stderr=out
+                )
+            wait_until(lambda: _ready(url), "the service answers /readyz", timeout=60)
+            pd.set_manifest(manifest(url))
+            running = Running(url, processes, pd, tg, logs)
+            code = pd.issue_code(1001, 2001)
+            installed = httpx2.get(f"{url}/oauth/callback", params={"code": code}, timeout=30)
+            assert installed.status_code == 200, installed.text
+            channel = httpx2.post(
+                f"{url}/admin/channels",
+                headers=ADMIN,
+                json={
+                    "provider": "telegram",
+                    "company_id": 1001,
+                    "user_id": 2001,
+                    "name": "Support",
+                    "credentials": {"bot_token": BOT_TOKEN},
+                },
+                timeout=30,
+            )
+            assert channel.status_code == 201, channel.text
+            running.pcid = channel.json()["provider_channel_id"]
+            webhook = tg.webhook
+            assert webhook is not None
+            running.secret = str(webhook["secret_token"])
+            yield running
+        finally:
+            for process in processes.values():
+                if process.poll() is None:
+                    process.terminate()
+            for process in processes.values():
+                try:
+                    process.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            for handle in handles:
+                handle.close()
