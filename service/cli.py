@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from service.children import die_with_parent
 from service.config import VAR_DIR, ConfigError, Settings, exit_on_config_error, load_settings
 from service.logging import configure_logging, get_logger
 
@@ -219,7 +220,7 @@ class _Supervisor:
 
     def start(self, role: str) -> None:
         self.children[role] = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
-            [sys.executable, "-m", "service", role], env=self.env
+            [sys.executable, "-m", "service", role], env=self.env, preexec_fn=die_with_parent
         )
         log.info("run.child_started", role=role, pid=self.children[role].pid)
 

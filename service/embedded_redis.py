@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from service.children import die_with_parent
 from service.logging import get_logger
 
 log = get_logger(__name__)
@@ -76,7 +77,7 @@ class EmbeddedRedis:
         self.log_path = self.workdir / f"redis-{self.port}.log"
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(  # noqa: S603 -- fixed arguments, our own binary
-                command, stdout=subprocess.DEVNULL, stderr=log_file
+                command, stdout=subprocess.DEVNULL, stderr=log_file, preexec_fn=die_with_parent
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -150,6 +150,30 @@ def test_run_restarts_a_child_that_dies(
             process.wait()
 
 
+def test_children_do_not_outlive_a_killed_run(tmp_path: Path) -> None:
+    """Even a `pdbridge run` killed with SIGKILL (no chance to clean up) leaves no orphaned
+    web or worker serving on its own: the children are told when their parent dies."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*PDBRIDGE, "run"],
+        cwd=tmp_path,
+        env=env_with(PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(port, process)
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.kill()
+        process.wait()
+        _gone, alive = psutil.wait_procs(children, timeout=40)
+        assert alive == [], f"left running: {alive}"
+    finally:
+        for child in psutil.Process().children(recursive=True):
+            if "service" in " ".join(child.cmdline()) or "redis-server" in child.name():
+                child.kill()
+
+
 def test_bad_configuration_stops_run_with_exit_2(tmp_path: Path) -> None:
     """PORT=abc stops `pdbridge run` before it starts anything: one line, naming PORT, exit 2."""
     result = subprocess.run(
