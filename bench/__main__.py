@@ -1,4 +1,4 @@
-"""`python -m bench`: HTTP overhead and queue latency, each against a baseline from the same run.
+"""`python -m bench`: HTTP, queue and end-to-end costs, each against a baseline from the same run.
 
 - http: requests/s and latency of pdbridge's /healthz (middleware, metrics, access log) against a
   bare Starlette app, both under uvicorn in their own process, loaded from this process.
@@ -6,6 +6,11 @@
   enqueue the relay, answer) against a bare app that only reads, checks and parses them.
 - queue: enqueue-to-start latency of a job through `service.queue` and a real arq worker, against
   the round trip of a Redis PING on the same server.
+- e2e: the whole service (`python -m service run`) as a black box, webhooks in and Pipedrive
+  `receive` calls out to a stand-in: relay rate, CPU per message, latency, rate-limit use (see
+  bench/e2e.py).
+
+`--only NAME` (repeatable) runs some of them: `python -m bench --only e2e`.
 """
 
 from __future__ import annotations
@@ -16,25 +21,18 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import sqlalchemy as sa
 
-from service.embedded_redis import EmbeddedRedis, free_port
+from bench import e2e
+from bench.common import BENCH_SECRET_KEY, pct, scratch_postgres, seed_channel, serve, spread
+from service.embedded_redis import EmbeddedRedis
 
-BENCH_SECRET_KEY = "bench-secret-0123456789-abcdefghijklmnop"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+BENCHES = ("http", "ingest", "queue", "e2e")
 
 
 async def load(port: int, total: int, concurrency: int) -> tuple[float, list[float]]:
@@ -59,22 +57,6 @@ async def load(port: int, total: int, concurrency: int) -> tuple[float, list[flo
         return total / (time.perf_counter() - started), latencies
 
 
-def serve(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        env=env, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(200):
-        try:
-            httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
-            return process, port
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{factory} did not start")
-
-
 def bench_http(redis_url: str, workdir: Path, total: int) -> None:
     env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{workdir}/bench.db",
                SECRET_KEY="bench-secret-0123456789-abcdefghijklmnop")  # fmt: skip
@@ -96,33 +78,6 @@ def bench_http(redis_url: str, workdir: Path, total: int) -> None:
     ratio = results["pdbridge"][0] / results["bare starlette"][0]
     print(f"  ratio pdbridge / bare: {ratio:.2f} of the baseline request rate")
     print("  (the load generator is Python on the same 2 cores: equal rates mean it is the limit)")
-
-
-async def seed_channel(database_url: str, secret: str) -> str:
-    """An installation and a Telegram channel to post to; returns its provider_channel_id."""
-    from service.crypto import Crypto
-    from service.store import Database, channels, installations
-    from service.store.migrate import upgrade
-
-    db = Database(database_url)
-    await upgrade(db)
-    inst = await installations.ensure_api_token_install(
-        db, company_id=1, user_id=1, api_domain="http://127.0.0.1:9", company_domain=None
-    )
-    channel = await channels.create(
-        db,
-        Crypto([BENCH_SECRET_KEY]),
-        provider_channel_id="bench-channel",
-        provider="telegram",
-        installation_id=inst.id,
-        name="bench",
-        credentials={"bot_token": "1:bench"},
-        webhook_secret=secret,
-        account_id="1",
-        account_name="bench",
-    )
-    await db.dispose()
-    return channel.provider_channel_id
 
 
 async def post_updates(
@@ -236,30 +191,6 @@ async def bench_queue(redis_url: str, workdir: Path, jobs: int) -> None:
     print(f"  ratio job start / PING (p50): {ratio:.1f}x")
 
 
-@contextlib.contextmanager
-def scratch_postgres(admin_url: str) -> Iterator[str]:
-    """A throwaway database next to `admin_url`'s, dropped afterwards."""
-    from service.store import Database
-
-    name = f"pdbridge_bench_{os.getpid()}"
-
-    async def admin(statement: str) -> None:
-        engine = Database(admin_url).engine.execution_options(isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(statement))
-        await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def spread(values: list[float]) -> str:
-    return f"p50 {pct(values, 0.5) * 1e3:6.2f} ms   p99 {pct(values, 0.99) * 1e3:6.2f} ms"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
@@ -267,18 +198,30 @@ def main() -> None:
     parser.add_argument(
         "--postgres",
         metavar="URL",
-        help="also measure ingest on PostgreSQL, in a scratch database created through URL "
-        "(e.g. postgresql://postgres@127.0.0.1:5432/test)",
+        help="also measure ingest and e2e on PostgreSQL, in a scratch database created through "
+        "URL (e.g. postgresql://postgres@127.0.0.1:5432/test)",
     )
+    parser.add_argument(
+        "--only", action="append", choices=BENCHES, help="run only this bench (repeatable)"
+    )
+    e2e.add_arguments(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
-        print(f"pdbridge benchmarks on {os.cpu_count()} cores, embedded Redis {redis.url}")
-        bench_http(redis.url, Path(tmp), args.requests)
-        bench_ingest(redis.url, f"sqlite:///{tmp}/ingest.db", args.requests // 2)
-        if args.postgres:
-            with scratch_postgres(args.postgres) as database_url:
-                bench_ingest(redis.url, database_url, args.requests // 2)
-        asyncio.run(bench_queue(redis.url, Path(tmp), args.jobs))
+    only = set(args.only or BENCHES)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"pdbridge benchmarks on {os.cpu_count()} cores: {', '.join(sorted(only))}")
+        if only & {"http", "ingest", "queue"}:
+            with EmbeddedRedis(Path(tmp) / "redis") as redis:
+                if "http" in only:
+                    bench_http(redis.url, Path(tmp), args.requests)
+                if "ingest" in only:
+                    bench_ingest(redis.url, f"sqlite:///{tmp}/ingest.db", args.requests // 2)
+                    if args.postgres:
+                        with scratch_postgres(args.postgres) as database_url:
+                            bench_ingest(redis.url, database_url, args.requests // 2)
+                if "queue" in only:
+                    asyncio.run(bench_queue(redis.url, Path(tmp), args.jobs))
+        if "e2e" in only:
+            e2e.run(args, Path(tmp))
 
 
 if __name__ == "__main__":
