@@ -54,6 +54,7 @@ async def drain(svc: Services, payload: queue.SendPayload, job_id: str, *, last_
     channel = await channels.get_by_id(svc.db, svc.crypto, int(payload["channel_id"]))
     started = time.monotonic()
     handled = 0
+    await svc.queue.begin(queue.SEND_CONVERSATION, payload)
     while True:
         pending = await messages.outbox(svc.db, int(payload["conversation_id"]))
         for message in pending:

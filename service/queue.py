@@ -304,6 +304,12 @@ class Queue:
         )
         return bool(queued)
 
+    async def begin(self, job: JobSpec, payload: Any) -> None:
+        """A drain starts a pass: what was marked so far is about to be read, so the mark goes
+        (anything marked from now on is seen by `finish`)."""
+        if job.group is not None:
+            await self.redis.delete(f"{redis_keys.GROUP_DIRTY}{job.group(payload)}")
+
     async def finish(self, job: JobSpec, payload: Any, job_id: str) -> bool:
         """A drain found its group empty: release the group, unless more work was marked
         meanwhile (then True: drain again)."""

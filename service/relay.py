@@ -87,6 +87,7 @@ async def drain(svc: Services, payload: queue.RelayPayload, job_id: str) -> int:
         return 0
     started = time.monotonic()
     relayed = 0
+    await svc.queue.begin(queue.RELAY_CONVERSATION, payload)
     while True:
         relayed += await relay_conversation(svc, channel, str(payload["conversation_key"]))
         if time.monotonic() - started > DRAIN_SECONDS:

@@ -68,82 +68,88 @@ async def upsert(
     inbound: bool,
 ) -> Conversation:
     """Create or refresh a conversation and its participants (names may change), in one
-    transaction; returns it as stored, with the participants given."""
+    transaction; returns it as stored, with the participants given. The common case (a known
+    conversation whose participants this process already wrote) is one statement."""
+    at = sa.literal(activity_at, UTCDateTime)
+    values: dict[str, Any] = {
+        "status": "open",
+        "last_activity_at": sa.case(
+            (conversations.c.last_activity_at < at, at), else_=conversations.c.last_activity_at
+        ),
+    }
+    if inbound:
+        values["last_inbound_at"] = sa.case(
+            (conversations.c.last_inbound_at.is_(None), at),
+            (conversations.c.last_inbound_at < at, at),
+            else_=conversations.c.last_inbound_at,
+        )
+    refresh = (
+        conversations.update()
+        .where(conversations.c.channel_id == channel_id, conversations.c.external_id == external_id)
+        .values(**values)
+        .returning(conversations)
+    )
     async with db.write() as conn:
-        row = (
-            await conn.execute(
-                db.insert_ignoring_duplicates(conversations)
-                .values(
-                    channel_id=channel_id,
-                    external_id=external_id,
-                    address=address,
-                    link=link,
-                    status="open",
-                    last_inbound_at=activity_at if inbound else None,
-                    last_activity_at=activity_at,
-                    created_at=utcnow(),
-                )
-                .returning(conversations)
-            )
-        ).first()
-        if row is None:  # it exists: move its clocks forward only
-            at = sa.literal(activity_at, UTCDateTime)
-            newer_activity = sa.case(
-                (conversations.c.last_activity_at < at, at),
-                else_=conversations.c.last_activity_at,
-            )
-            values: dict[str, Any] = {"status": "open", "last_activity_at": newer_activity}
-            if inbound:
-                values["last_inbound_at"] = sa.case(
-                    (conversations.c.last_inbound_at.is_(None), at),
-                    (conversations.c.last_inbound_at < at, at),
-                    else_=conversations.c.last_inbound_at,
-                )
+        row = (await conn.execute(refresh)).first()
+        if row is None:
             row = (
                 await conn.execute(
-                    conversations.update()
-                    .where(
-                        conversations.c.channel_id == channel_id,
-                        conversations.c.external_id == external_id,
+                    db.insert_ignoring_duplicates(conversations)
+                    .values(
+                        channel_id=channel_id,
+                        external_id=external_id,
+                        address=address,
+                        link=link,
+                        status="open",
+                        last_inbound_at=activity_at if inbound else None,
+                        last_activity_at=activity_at,
+                        created_at=utcnow(),
                     )
-                    .values(**values)
                     .returning(conversations)
                 )
-            ).one()
+            ).first() or (await conn.execute(refresh)).one()  # created meanwhile: refresh it
         conversation_id = int(row._mapping["id"])
-        known = {
-            p.external_id: p
-            for p in map(
-                _participant,
-                await conn.execute(
-                    sa.select(participants).where(participants.c.conversation_id == conversation_id)
-                ),
-            )
-        }
-        for person in people:
-            if person.external_id not in known:
-                await conn.execute(
-                    db.insert_ignoring_duplicates(participants).values(
-                        conversation_id=conversation_id,
-                        external_id=person.external_id,
-                        name=person.name,
-                        role=person.role,
-                        avatar_url=person.avatar_url,
-                    )
-                )
-            elif (known[person.external_id].name, known[person.external_id].avatar_url) != (
-                person.name,
-                person.avatar_url,
-            ):
-                await conn.execute(
-                    participants.update()
-                    .where(
-                        participants.c.conversation_id == conversation_id,
-                        participants.c.external_id == person.external_id,
-                    )
-                    .values(name=person.name, avatar_url=person.avatar_url)
-                )
+        wanted = tuple(people)
+        if db.cache.peek("participants", conversation_id) != wanted:
+            await _write_participants(db, conn, conversation_id, people)
+            # What this process wrote last: only a change of name or a new person writes again.
+            db.cache.put("participants", conversation_id, wanted, seconds=300)
     return _conversation(row, people)
+
+
+async def _write_participants(
+    db: Database, conn: AsyncConnection, conversation_id: int, people: Sequence[Participant]
+) -> None:
+    known = {
+        p.external_id: p
+        for p in map(
+            _participant,
+            await conn.execute(
+                sa.select(participants).where(participants.c.conversation_id == conversation_id)
+            ),
+        )
+    }
+    for person in people:
+        found = known.get(person.external_id)
+        if found is None:
+            await conn.execute(
+                db.insert_ignoring_duplicates(participants).values(
+                    conversation_id=conversation_id,
+                    external_id=person.external_id,
+                    name=person.name,
+                    role=person.role,
+                    avatar_url=person.avatar_url,
+                )
+            )
+        elif (found.name, found.avatar_url) != (person.name, person.avatar_url):
+            await conn.execute(
+                participants.update()
+                .where(
+                    participants.c.conversation_id == conversation_id,
+                    participants.c.external_id == person.external_id,
+                )
+                .values(name=person.name, avatar_url=person.avatar_url)
+            )
 
 
 async def touch(db: Database, conversation_id: int, at: datetime) -> None:

@@ -22,6 +22,8 @@ T = TypeVar("T")
 #: How long a cached channel or installation is trusted without asking the database. Writes in
 #: this process invalidate at once; this bounds how long another process's change goes unseen.
 CACHE_SECONDS = 2.0
+#: A cache that grows past this many entries starts again empty (a bound, not an LRU).
+MAX_CACHED = 50_000
 
 
 def async_url(database_url: str) -> URL:
@@ -76,6 +78,17 @@ class LocalCache:
         if value is not None and generation == self._generation:
             self._entries[(kind, key)] = (now + self.seconds, value)
         return value
+
+    def peek(self, kind: str, key: Any) -> Any:
+        """The cached value, or None when absent or stale."""
+        hit = self._entries.get((kind, key))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, kind: str, key: Any, value: Any, seconds: float | None = None) -> None:
+        """Remember what this process itself just wrote (for `seconds`, default the cache's)."""
+        if len(self._entries) > MAX_CACHED:
+            self._entries.clear()
+        self._entries[(kind, key)] = (time.monotonic() + (seconds or self.seconds), value)
 
     def invalidate(self, kind: str | None = None) -> None:
         """Forget every entry of `kind` (every entry at all when None)."""
