@@ -67,9 +67,10 @@ async def upsert(
     activity_at: datetime,
     inbound: bool,
 ) -> Conversation:
-    """Create or refresh a conversation and its participants (names may change), in one
-    transaction; returns it as stored, with the participants given. The common case (a known
-    conversation whose participants this process already wrote) is one statement."""
+    """Create or refresh a conversation and its participants (names may change); returns it as
+    stored, with the participants given. The common case (a known conversation whose
+    participants this process already wrote) is one statement; each statement is idempotent,
+    so no transaction is held."""
     at = sa.literal(activity_at, UTCDateTime)
     values: dict[str, Any] = {
         "status": "open",
@@ -89,7 +90,7 @@ async def upsert(
         .values(**values)
         .returning(conversations)
     )
-    async with db.write() as conn:
+    async with db.autocommit() as conn:
         row = (await conn.execute(refresh)).first()
         if row is None:
             row = (

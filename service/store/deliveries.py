@@ -40,37 +40,48 @@ Recorded = Literal["new", "open", "done"]
 
 
 async def record_many(db: Database, source: Source, found: Sequence[NewDelivery]) -> list[Recorded]:
-    """Record a webhook body's deliveries in one transaction (see `Recorded`)."""
+    """Record a webhook body's deliveries in one statement, all or nothing (see `Recorded`)."""
+    if not found:
+        return []
     now = utcnow()
-    fresh: list[Recorded] = []
-    async with db.write() as conn:
-        for item in found:
-            inserted = await conn.execute(
-                db.insert_ignoring_duplicates(inbound_deliveries)
-                .values(
-                    source=source,
-                    dedupe_key=item.dedupe_key,
-                    conversation_key=item.conversation_key,
-                    status=item.status,
-                    job=item.job,
-                    payload=item.payload,
-                    received_at=now,
-                    updated_at=now,
-                )
-                .returning(inbound_deliveries.c.id)
-            )
-            if inserted.first() is not None:
-                fresh.append("new")
-                continue
-            status = (
+    async with db.autocommit() as conn:
+        inserted = set(
+            (
                 await conn.execute(
-                    sa.select(inbound_deliveries.c.status).where(
-                        inbound_deliveries.c.source == source,
-                        inbound_deliveries.c.dedupe_key == item.dedupe_key,
+                    db.insert_ignoring_duplicates(inbound_deliveries)
+                    .values(
+                        [
+                            {
+                                "source": source,
+                                "dedupe_key": item.dedupe_key,
+                                "conversation_key": item.conversation_key,
+                                "status": item.status,
+                                "job": item.job,
+                                "payload": item.payload,
+                                "received_at": now,
+                                "updated_at": now,
+                            }
+                            for item in found
+                        ]
                     )
+                    .returning(inbound_deliveries.c.dedupe_key)
                 )
-            ).scalar_one()
-            fresh.append("open" if status in OPEN else "done")
+            ).scalars()
+        )
+        earlier: dict[str, str] = {}
+        if len(inserted) < len({item.dedupe_key for item in found}):
+            query = sa.select(inbound_deliveries.c.dedupe_key, inbound_deliveries.c.status).where(
+                inbound_deliveries.c.source == source,
+                inbound_deliveries.c.dedupe_key.in_([i.dedupe_key for i in found]),
+            )
+            earlier = {str(k): str(v) for k, v in await conn.execute(query)}
+    fresh: list[Recorded] = []
+    for item in found:
+        if item.dedupe_key in inserted:
+            fresh.append("new")
+            inserted.discard(item.dedupe_key)  # a key twice in one body: new once
+        else:
+            fresh.append("open" if earlier.get(item.dedupe_key, "received") in OPEN else "done")
     return fresh
 
 
@@ -131,9 +142,11 @@ async def mark_relayed(
     db: Database, delivery_ids: Sequence[int], pushed: Sequence[tuple[int, str]]
 ) -> None:
     """One batch is through: its deliveries are done and Pipedrive was told each message's
-    status, in one transaction (a crash before it re-tells them: `receive` is an upsert)."""
+    status (a crash before this re-tells them: `receive` is an upsert)."""
     now = utcnow()
-    async with db.write() as conn:
+    # Either order is safe after a crash: a delivery done whose message is not marked told is
+    # never read again (it was told); one not done whose message is marked is skipped.
+    async with db.autocommit() as conn:
         if pushed:
             await conn.execute(
                 messages.update()

@@ -140,6 +140,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def is_sqlite(self) -> bool:
@@ -159,6 +160,18 @@ class Database:
         finally:
             if invalidates is not None:
                 self.invalidate(invalidates)
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement commits on its own: no BEGIN and COMMIT round
+        trips. For the hot path's writes that are each idempotent and correct in any order
+        after a crash (the relay's); SQLite's single writer applies all the same."""
+        if not self.is_sqlite:
+            async with self._autocommit_engine.connect() as conn:
+                yield conn
+            return
+        async with _writer_lock(self.url), self._autocommit_engine.connect() as conn:
+            yield conn
 
     def insert_ignoring_duplicates(self, table: Any) -> Any:
         """`INSERT ... ON CONFLICT DO NOTHING` in this backend's dialect (both support

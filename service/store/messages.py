@@ -102,11 +102,12 @@ class NewMessage:
 
 
 async def insert_many(db: Database, found: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
-    """Store messages in one transaction; each comes back with True when new, or as it was
-    already stored (same channel and `external_id`) with False."""
+    """Store messages; each comes back with True when new, or as it was already stored (same
+    channel and `external_id`) with False. Each insert stands alone: after a crash half-way the
+    next try finds the first ones stored and inserts the rest."""
     now = utcnow()
     result: list[tuple[Message, bool]] = []
-    async with db.write() as conn:
+    async with db.autocommit() as conn:
         for item in found:
             inserted = (
                 await conn.execute(
