@@ -45,26 +45,27 @@ async def record_many(db: Database, source: Source, found: Sequence[NewDelivery]
         return []
     now = utcnow()
     async with db.autocommit() as conn:
+        # One statement whatever the count (SQLAlchemy's "insertmanyvalues"), compiled once
+        # per process: the rows go as parameters, not as part of the statement.
         inserted = set(
             (
                 await conn.execute(
-                    db.insert_ignoring_duplicates(inbound_deliveries)
-                    .values(
-                        [
-                            {
-                                "source": source,
-                                "dedupe_key": item.dedupe_key,
-                                "conversation_key": item.conversation_key,
-                                "status": item.status,
-                                "job": item.job,
-                                "payload": item.payload,
-                                "received_at": now,
-                                "updated_at": now,
-                            }
-                            for item in found
-                        ]
-                    )
-                    .returning(inbound_deliveries.c.dedupe_key)
+                    db.insert_ignoring_duplicates(inbound_deliveries).returning(
+                        inbound_deliveries.c.dedupe_key
+                    ),
+                    [
+                        {
+                            "source": source,
+                            "dedupe_key": item.dedupe_key,
+                            "conversation_key": item.conversation_key,
+                            "status": item.status,
+                            "job": item.job,
+                            "payload": item.payload,
+                            "received_at": now,
+                            "updated_at": now,
+                        }
+                        for item in found
+                    ],
                 )
             ).scalars()
         )

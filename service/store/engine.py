@@ -140,7 +140,12 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Its own pool, so no connection has its isolation level set and reset on every use.
+        self._autocommit_engine: AsyncEngine = create_async_engine(
+            self.url, isolation_level="AUTOCOMMIT", **kwargs
+        )
+        if self.is_sqlite:
+            event.listen(self._autocommit_engine.sync_engine, "connect", _sqlite_pragmas)
 
     @property
     def is_sqlite(self) -> bool:
@@ -197,3 +202,4 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        await self._autocommit_engine.dispose()
