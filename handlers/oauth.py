@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from handlers import error_response, services
 from handlers.basic_auth import basic_credentials, matches
-from service import queue, redis_keys
+from service import queue
 from service.crypto import BadSignature
 from service.logging import get_logger
 from service.pipedrive import subscriptions
@@ -69,8 +69,7 @@ async def callback(request: Request) -> Response:
         except BadSignature as error:
             log.warning("oauth.bad_state", reason=str(error))
             return page("Installation failed", "This link has expired; please start again.", 400)
-    lock = svc.queue.redis.lock(f"{redis_keys.CODE_LOCK}{code_hash(code)}", timeout=120)
-    async with lock:
+    async with svc.coordination.code_exchange(code_hash(code)):
         done = await installations.find_by_code(svc.db, code)
         if done is None:
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 
@@ -68,6 +68,12 @@ class Coordination:
         fresh = await fetch()
         await self.redis.set(key, json.dumps(fresh), ex=TEMPLATES_TTL_SECONDS)
         return fresh
+
+    def code_exchange(self, code_hash: str) -> Any:
+        """One exchange at a time per OAuth code (a double-submitted callback waits for the
+        first and then finds its installation). Lost if Redis forgets it: a second exchange,
+        which Pipedrive refuses (codes are single use)."""
+        return self.redis.lock(f"{redis_keys.CODE_LOCK}{code_hash}", timeout=120)
 
     async def backfill_mark(self, channel_id: int) -> datetime | None:
         """When the channel's last backfill ran; None (look back the most) if Redis forgot."""

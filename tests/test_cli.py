@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import httpx2
 import psutil
 import pytest
 
-from service.embedded_redis import free_port
+from service.embedded_redis import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -172,6 +173,45 @@ def test_children_do_not_outlive_a_killed_run(tmp_path: Path) -> None:
         for child in psutil.Process().children(recursive=True):
             if "service" in " ".join(child.cmdline()) or "redis-server" in child.name():
                 child.kill()
+
+
+def _web_workers(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """uvicorn's worker processes (spawned by multiprocessing) under `process`."""
+    found = []
+    for child in psutil.Process(process.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "--multiprocessing-fork" in child.cmdline():
+                found.append(child)
+    return found
+
+
+def test_web_concurrency_runs_that_many_web_processes(
+    tmp_path: Path, embedded_redis: EmbeddedRedis
+) -> None:
+    """`WEB_CONCURRENCY=2 pdbridge web` serves from two processes on one port and stops on
+    SIGTERM."""
+    port = free_port()
+    env = env_with(
+        PORT=str(port),
+        WEB_CONCURRENCY="2",
+        REDIS_URL=embedded_redis.url,
+        SECRET_KEY="web-concurrency-secret-0123456789abcdef",
+    )
+    subprocess.run([*PDBRIDGE, "migrate"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    process = subprocess.Popen(
+        [*PDBRIDGE, "web"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_ready(port, process)
+        _wait_for(lambda: len(_web_workers(process)) == 2, "two web worker processes")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
 
 
 def test_bad_configuration_stops_run_with_exit_2(tmp_path: Path) -> None:
