@@ -82,7 +82,9 @@ async def drain(svc: Services, payload: queue.RelayPayload, job_id: str) -> int:
     """The drain job: relay the conversation until it is empty; returns how many deliveries."""
     channel = await channels.get_by_id(svc.db, svc.crypto, int(payload["channel_id"]))
     if channel is None or channel.status != "active":
-        log.info("relay.channel_gone", channel_id=payload["channel_id"])
+        group = ingest_key(int(payload["channel_id"]), str(payload["conversation_key"]))
+        dropped = await deliveries.drop_pending(svc.db, group)
+        log.info("relay.channel_gone", channel_id=payload["channel_id"], dropped=dropped)
         await svc.queue.finish(queue.RELAY_CONVERSATION, payload, job_id)
         return 0
     started = time.monotonic()

@@ -163,6 +163,21 @@ async def mark_relayed(
             )
 
 
+async def drop_pending(db: Database, conversation_key: str) -> int:
+    """A conversation whose channel is gone: its waiting deliveries are acknowledged and
+    dropped (kept for the record as `dropped`, never relayed, never swept again)."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            inbound_deliveries.update()
+            .where(
+                inbound_deliveries.c.conversation_key == conversation_key,
+                inbound_deliveries.c.status.in_(OPEN),
+            )
+            .values(status="dropped", updated_at=utcnow())
+        )
+        return int(result.rowcount)
+
+
 async def touch(db: Database, source: Source, dedupe_keys: Sequence[str]) -> None:
     """The sweeper scheduled these again: restart their clocks so it waits before the next try."""
     async with db.write() as conn:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -485,3 +486,28 @@ async def test_a_refused_message_is_set_aside_without_blocking_its_chat(stack: S
     assert replay.status_code == 202
     await stack.run_worker()
     assert sorted(m["message"] for m in stack.pd.received(pcid)) == ["x1", "x2"]
+
+
+async def test_updates_waiting_for_a_removed_channel_are_dropped_not_swept_forever(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Updates recorded just before Pipedrive deleted the channel are acknowledged and dropped:
+    nothing reaches Pipedrive, and the sweeper does not queue them again and again."""
+    from jobs import maintenance
+
+    pcid = (await stack.add_channel())["provider_channel_id"]
+    for n in (1, 2):
+        update = stack.tg.text_update(
+            update_id=90 + n, chat_id=CHAT, text=f"late {n}", message_id=n
+        )
+        assert (await stack.send_update(pcid, update)).status_code == 200
+    response = await asyncio.to_thread(
+        stack.pd.call_manifest, "deleteChannelById", providerChannelId=pcid
+    )
+    assert response.json() == {"success": True}
+    await stack.run_worker()
+    assert stack.pd.received(pcid) == []
+    svc = stack.bridge.services
+    assert await deliveries.count_by_status(svc.db, "telegram") == {"dropped": 2}
+    monkeypatch.setattr(maintenance, "STUCK_AFTER", timedelta(0))
+    assert await maintenance.sweep_stuck_deliveries({"services": svc}) == 0
