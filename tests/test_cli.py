@@ -208,6 +208,8 @@ def test_web_concurrency_runs_that_many_web_processes(
         assert process.wait(timeout=40) == 0
     finally:
         if process.poll() is None:
+            for child in _web_workers(process):
+                child.kill()
             process.kill()
             process.wait()
         if process.stderr:
