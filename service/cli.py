@@ -132,6 +132,15 @@ def cmd_together(settings: Settings, args: argparse.Namespace) -> int:
         server = uvicorn.Server(_uvicorn_config(create_app(settings), settings))
         worker = build_worker(settings, handle_signals=False)
         task = asyncio.create_task(queue.run_forever(worker))
+
+        def worker_ended(done: asyncio.Task[None]) -> None:
+            # A worker that stops on its own (a bug) takes the web down with it, so that `run`
+            # sees the exit and restarts the whole process rather than serving without a worker.
+            if not server.should_exit and not done.cancelled():
+                log.error("together.worker_ended", error=repr(done.exception()))
+                server.should_exit = True
+
+        task.add_done_callback(worker_ended)
         # uvicorn re-raises the signal it stopped on once it is done; these handlers take it
         # (the worker is stopped gracefully below instead of the process dying on the spot).
         for sig in (signal.SIGINT, signal.SIGTERM):
