@@ -162,6 +162,7 @@ def test_children_do_not_outlive_a_killed_run(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    children: list[psutil.Process] = []
     try:
         wait_ready(port, process)
         children = psutil.Process(process.pid).children(recursive=True)
@@ -170,8 +171,11 @@ def test_children_do_not_outlive_a_killed_run(tmp_path: Path) -> None:
         _gone, alive = psutil.wait_procs(children, timeout=40)
         assert alive == [], f"left running: {alive}"
     finally:
-        for child in psutil.Process().children(recursive=True):
-            if "service" in " ".join(child.cmdline()) or "redis-server" in child.name():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for child in children:  # only what this `run` started, never the session's own Redis
+            with contextlib.suppress(psutil.Error):
                 child.kill()
 
 
