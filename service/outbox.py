@@ -57,14 +57,14 @@ async def drain(svc: Services, payload: queue.SendPayload, job_id: str, *, last_
     await svc.queue.begin(queue.SEND_CONVERSATION, payload)
     while True:
         pending = await messages.outbox(svc.db, int(payload["conversation_id"]))
-        for message in pending:
-            await send(svc, channel, message, last_try=last_try)
-            handled += 1
+        outcomes = [await send(svc, channel, message, last_try=last_try) for message in pending]
+        handled += sum(outcome != "skipped" for outcome in outcomes)
         if pending and time.monotonic() - started > DRAIN_SECONDS:
             await svc.queue.schedule(queue.SEND_CONVERSATION, payload, force=True)
             return handled
-        if pending:
-            continue
+        if any(outcome != "skipped" for outcome in outcomes):
+            continue  # more may have been posted meanwhile
+        # Empty, or nothing this drain can move (another drain holds it): let the group go.
         if not await svc.queue.finish(queue.SEND_CONVERSATION, payload, job_id):
             return handled
 
