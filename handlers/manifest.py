@@ -126,15 +126,26 @@ def _decode(kind: str, cursor: str) -> list[Any]:
 def _conversation_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         at, last_id = _decode("c", cursor)
-        return datetime.fromisoformat(str(at)), int(last_id)
-    except (ValueError, TypeError):
+        when = datetime.fromisoformat(str(at))
+        if when.tzinfo is None:  # ours always carry their zone
+            raise ValueError(cursor)
+        return when, _row_id(last_id)
+    except (ValueError, TypeError, OverflowError):
         raise ManifestError(400, "INVALID_BODY", "the cursor is not one we gave out") from None
+
+
+def _row_id(value: Any) -> int:
+    """A row id from a cursor: a whole number the database can hold."""
+    number = int(value)
+    if not 0 < number < 2**63:
+        raise ValueError(value)
+    return number
 
 
 def _message_cursor(cursor: str) -> int:
     try:
-        return int(_decode("m", cursor)[0])
-    except (ValueError, TypeError):
+        return _row_id(_decode("m", cursor)[0])
+    except (ValueError, TypeError, OverflowError):
         raise ManifestError(400, "INVALID_BODY", "the cursor is not one we gave out") from None
 
 

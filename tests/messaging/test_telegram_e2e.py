@@ -511,3 +511,35 @@ async def test_updates_waiting_for_a_removed_channel_are_dropped_not_swept_forev
     assert await deliveries.count_by_status(svc.db, "telegram") == {"dropped": 2}
     monkeypatch.setattr(maintenance, "STUCK_AFTER", timedelta(0))
     assert await maintenance.sweep_stuck_deliveries({"services": svc}) == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "cursor"),
+    [
+        ("getConversationById", "m" + "WzFlNDAwXQ"),  # [1e400]: infinity once parsed
+        ("getConversations", "c" + "WyIyMDI2LTAxLTAxVDAwOjAwOjAwIiwgMV0"),  # no time zone
+        ("getConversations", "c" + "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgMWU0MDBd"),
+        ("getConversationById", "m" + "WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMF0"),  # 10**29
+        ("getConversationById", "m!!"),
+    ],
+)
+async def test_forged_cursors_are_refused_with_a_reason(
+    stack: Stack, endpoint: str, cursor: str
+) -> None:
+    """A cursor we never gave out (an overflowing number, an id no database column holds, a
+    time without a zone, garbage) is a 400 in the extension's envelope, never a 500 or 503."""
+    pcid = (await stack.add_channel())["provider_channel_id"]
+    update = stack.tg.text_update(update_id=4000, chat_id=CHAT, text="x", message_id=1)
+    await stack.send_update(pcid, update)
+    await stack.run_worker()
+    where = {"providerChannelId": pcid}
+    if endpoint == "getConversationById":
+        where["sourceConversationId"] = f"tg:777001:{CHAT}"
+    response = await asyncio.to_thread(
+        stack.pd.call_manifest, endpoint, params={"after": cursor}, **where
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "success": False,
+        "data": {"code": "INVALID_BODY", "message": "the cursor is not one we gave out"},
+    }
