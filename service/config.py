@@ -7,6 +7,7 @@ message that names the variable (see `load_settings`).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from functools import cached_property
@@ -149,7 +150,16 @@ def load_settings() -> Settings:
         name = str(first["loc"][0]).upper() if first["loc"] else "configuration"
         value = first.get("input")
         shown = "" if "secret" in name.lower() or "token" in name.lower() else f" (got {value!r})"
-        raise ConfigError(f"{name}: {first['msg']}{shown}") from None
+        raise ConfigError(redact(f"{name}: {first['msg']}{shown}")) from None
+
+
+#: The password part of `scheme://user:password@host` (database and Redis URLs).
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with every URL password replaced by `***`: error lines go to logs and terminals."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 def exit_on_config_error(error: ConfigError) -> None:

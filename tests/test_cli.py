@@ -232,6 +232,25 @@ def test_bad_configuration_stops_run_with_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "var").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://app:hunter2-db-password@db.internal:3306/pdbridge"),
+        ("REDIS_URL", "memcached://:hunter2-redis-password@cache.internal:6379/0"),
+    ],
+)
+def test_a_bad_url_is_named_without_its_password(tmp_path: Path, name: str, value: str) -> None:
+    """A refused DATABASE_URL or REDIS_URL is named in the one error line, its password not."""
+    result = subprocess.run(
+        [*PDBRIDGE, "migrate"], cwd=tmp_path, env=env_with(**{name: value}), capture_output=True
+    )
+    assert result.returncode == 2
+    error = result.stderr.decode()
+    assert error.startswith(f"pdbridge: invalid configuration: {name}:")
+    assert "hunter2" not in error
+    assert "***@" in error
+
+
 def test_migrate_then_dead_letters_list(tmp_path: Path) -> None:
     """`pdbridge migrate` creates the schema; `dead-letters list` then prints an empty JSON list."""
     env = env_with(LOG_FORMAT="json")
