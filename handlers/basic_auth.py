@@ -21,6 +21,8 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     user, sep, password = decoded.partition(":")
+    if "\x00" in decoded:  # no credential of ours holds one, and no database column takes one
+        return None
     return (user, password) if sep else None
 
 

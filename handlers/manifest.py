@@ -41,6 +41,8 @@ DEFAULT_LIMIT = 30
 MAX_LIMIT = 100
 MAX_FILES = 10
 MAX_TEXT = 20_000
+#: Our ids (channel, conversation, message, sender) fit the 200-character columns.
+MAX_ID = 200
 
 Handler = Callable[[Request, Services, Channel], Awaitable[Response]]
 
@@ -76,6 +78,8 @@ def endpoint(
         if not _authorized(request, svc):
             log.warning("manifest.unauthorized", path_template=handler.__name__)
             return envelope_error(401, "UNAUTHORIZED", "Basic client credentials required")
+        if any("\x00" in str(v) or len(str(v)) > MAX_ID for v in request.path_params.values()):
+            return envelope_error(404, "NOT_FOUND", "no such resource")  # none of ours looks so
         provider_channel_id = request.path_params["provider_channel_id"]
         channel = await channels.get(svc.db, svc.crypto, provider_channel_id)
         if channel is None and channel_required:
@@ -273,6 +277,9 @@ async def post_message(request: Request, svc: Services, channel: Channel) -> Res
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not isinstance(conversation_id, str) or not conversation_id:
             raise ManifestError(400, "INVALID_BODY", "conversationId is required")
+        nul = [k for k, v in form.multi_items() if isinstance(v, str) and "\x00" in v]
+        if nul:  # refused before any file is stored: nothing is left behind
+            raise ManifestError(400, "INVALID_BODY", f"NUL characters are not allowed in {nul}")
         text = text if isinstance(text, str) else ""
         if not text and not uploads:
             raise ManifestError(400, "INVALID_BODY", "a message needs text or files")

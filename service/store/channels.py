@@ -12,6 +12,9 @@ from service.models import Channel
 from service.store.engine import Database
 from service.store.schema import channels, utcnow
 
+#: Our provider_channel_id is a UUID; the column holds 64 characters.
+MAX_PUBLIC_ID = 64
+
 
 def _row(row: sa.Row[Any], crypto: Crypto) -> Channel:
     m = row._mapping
@@ -69,7 +72,10 @@ async def create(
 async def get(
     db: Database, crypto: Crypto, provider_channel_id: str, *, include_deleted: bool = False
 ) -> Channel | None:
-    """By our public id, from the process cache when fresh (every webhook asks)."""
+    """By our public id, from the process cache when fresh (every webhook asks). An id that
+    cannot be one of ours (too long, a NUL) is not looked up: PostgreSQL refuses NULs."""
+    if len(provider_channel_id) > MAX_PUBLIC_ID or "\x00" in provider_channel_id:
+        return None
 
     async def load() -> Channel | None:
         query = sa.select(channels).where(channels.c.provider_channel_id == provider_channel_id)

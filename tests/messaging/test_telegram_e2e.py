@@ -543,3 +543,54 @@ async def test_forged_cursors_are_refused_with_a_reason(
         "success": False,
         "data": {"code": "INVALID_BODY", "message": "the cursor is not one we gave out"},
     }
+
+
+async def test_nul_characters_in_ids_and_credentials_are_refused_cleanly(stack: Stack) -> None:
+    """A NUL in a channel, conversation or message id, in a Basic-auth user, or in postMessage
+    fields gets a 4xx in the route's own envelope (PostgreSQL would refuse the query: never a
+    5xx), and postMessage leaves no file behind."""
+    pcid = (await stack.add_channel())["provider_channel_id"]
+    update = stack.tg.text_update(update_id=5000, chat_id=CHAT, text="hi", message_id=1)
+    await stack.send_update(pcid, update)
+    await stack.run_worker()
+    for endpoint, where in [
+        ("getConversations", {"providerChannelId": pcid + "\x00"}),
+        ("getConversationById", {"providerChannelId": pcid, "sourceConversationId": "tg:\x00"}),
+        (
+            "getMessageById",
+            {"providerChannelId": pcid, "sourceConversationId": "a", "sourceMessageId": "m\x00"},
+        ),
+        ("getSenderById", {"providerChannelId": pcid, "senderId": "\x00"}),
+    ]:
+        response = await asyncio.to_thread(stack.pd.call_manifest, endpoint, **where)
+        assert response.status_code == 404, (endpoint, response.text)
+        assert response.json()["success"] is False
+    hook = await stack.http.post(
+        "/webhooks/telegram/abc%00def",
+        json=update,
+        headers={"X-Telegram-Bot-Api-Secret-Token": "x"},
+    )
+    assert hook.status_code == 404
+    import base64
+
+    nul_user = base64.b64encode(b"user\x00:password").decode()
+    pipedrive = await stack.http.post(
+        "/webhooks/pipedrive", json={}, headers={"Authorization": f"Basic {nul_user}"}
+    )
+    assert pipedrive.status_code == 401
+    media = stack.bridge.services.media
+    stored_before = sorted(p.name for p in media.root.iterdir()) if media.root.exists() else []
+    posted = await asyncio.to_thread(
+        stack.pd.post_message,
+        pcid,
+        conversation_id=f"tg:777001:{CHAT}",
+        sender_id="tg:biz:777001",
+        recipient_ids=[f"tg:{CHAT}"],
+        message="bad \x00 text",
+        files=[("a.txt", b"hello", "text/plain")],
+    )
+    assert posted.status_code == 400
+    assert posted.json()["data"]["code"] == "INVALID_BODY"
+    stored_after = sorted(p.name for p in media.root.iterdir()) if media.root.exists() else []
+    assert stored_after == stored_before
+    assert stack.tg.sent == []
