@@ -28,6 +28,7 @@ from service import outbox, queue
 from service.context import Services
 from service.logging import get_logger
 from service.media import MAX_MEDIA_BYTES, clean_file_name, new_media_key, normalize_mime_type
+from service.middleware import BodyTooLarge
 from service.models import Channel, Conversation, Message, StoredAttachment
 from service.pipedrive import shapes
 from service.pipedrive.manifest import PREFIX
@@ -268,6 +269,8 @@ async def post_message(request: Request, svc: Services, channel: Channel) -> Res
     """Record the agent's message and queue its delivery; answer with our stable id at once."""
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=100)
+    except BodyTooLarge:
+        raise  # the middleware answers 413
     except Exception as error:  # noqa: BLE001 -- python-multipart's errors are many; all are 400
         raise ManifestError(400, "INVALID_BODY", f"unreadable multipart body: {error}") from None
     try:

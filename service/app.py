@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 
 from handlers import (
@@ -27,20 +27,27 @@ from service.config import Settings
 from service.context import Services
 from service.logging import get_logger
 from service.metrics import Metrics
-from service.middleware import RequestContext
+from service.middleware import EXTENSION_PREFIX, RequestContext
 
 log = get_logger(__name__)
 
 #: Webhook and API bodies are small; anything larger is refused before it is read.
 DEFAULT_BODY_LIMIT = 1024 * 1024
 #: Routes that accept more, by path prefix (first match wins): postMessage carries files.
-BODY_LIMITS: tuple[tuple[str, int], ...] = (("/pipedrive/channels/", 45 * 1024 * 1024),)
+BODY_LIMITS: tuple[tuple[str, int], ...] = ((EXTENSION_PREFIX, 45 * 1024 * 1024),)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-    return error_response(exc.status_code, code, str(exc.detail))
+    """Starlette's own 404/405: in the extension's envelope under the routes Pipedrive calls,
+    in ours elsewhere."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = str(exc.detail) if isinstance(exc, HTTPException) else "error"
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "HTTP_ERROR")
+    if request.url.path.startswith(EXTENSION_PREFIX):
+        return JSONResponse(
+            {"success": False, "data": {"code": code, "message": detail}}, status_code=status
+        )
+    return error_response(status, code, detail)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:

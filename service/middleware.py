@@ -20,6 +20,10 @@ log = get_logger("pdbridge.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+#: Routes Pipedrive calls (the manifest endpoints): their errors use the extension's envelope.
+EXTENSION_PREFIX = "/pipedrive/channels/"
+
+
 class BodyTooLarge(Exception):
     """The request body passed the size limit for its route."""
 
@@ -95,12 +99,12 @@ class RequestContext:
         except BodyTooLarge:
             if response_started:
                 raise
-            await _send_json(
-                send_wrapper,
-                413,
-                b'{"error":{"code":"BODY_TOO_LARGE",'
-                b'"message":"the request body is larger than this route accepts"}}',
-            )
+            message = b"the request body is larger than this route accepts"
+            if scope["path"].startswith(EXTENSION_PREFIX):  # Pipedrive's own error envelope
+                body = b'{"success":false,"data":{"code":"BODY_TOO_LARGE","message":"%s"}}'
+            else:
+                body = b'{"error":{"code":"BODY_TOO_LARGE","message":"%s"}}'
+            await _send_json(send_wrapper, 413, body % message)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_label(scope)

@@ -182,3 +182,48 @@ async def test_the_same_bot_cannot_be_connected_twice(chat: tuple[Stack, str]) -
     )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "ALREADY_CONNECTED"
+
+
+async def test_framework_errors_under_the_extension_use_its_envelope(
+    chat: tuple[Stack, str],
+) -> None:
+    """Starlette's own 404 and 405, and the 413 for an oversized chunked postMessage, answer in
+    the extension's `{success: false, data: {code, message}}` envelope that Pipedrive reads;
+    nothing is sent."""
+    import base64
+
+    from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET
+
+    stack, pcid = chat
+    pair = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    auth = {"Authorization": f"Basic {pair}"}
+    missing = await stack.http.get(f"/pipedrive/channels/{pcid}/nowhere", headers=auth)
+    assert missing.status_code == 404
+    assert missing.json()["success"] is False
+    assert missing.json()["data"]["code"] == "NOT_FOUND"
+    wrong_method = await stack.http.put(f"/pipedrive/channels/{pcid}/messages", headers=auth)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["data"]["code"] == "METHOD_NOT_ALLOWED"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit is counted
+        yield (
+            b'--zzz\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n"
+        )
+        for _ in range(46):
+            yield b"x" * (1024 * 1024)
+
+    oversized = await stack.http.post(
+        f"/pipedrive/channels/{pcid}/messages",
+        content=chunks(),
+        headers={**auth, "content-type": "multipart/form-data; boundary=zzz"},
+    )
+    assert oversized.status_code == 413, oversized.text
+    assert oversized.json() == {
+        "success": False,
+        "data": {
+            "code": "BODY_TOO_LARGE",
+            "message": "the request body is larger than this route accepts",
+        },
+    }
+    assert stack.tg.sent == []
