@@ -23,6 +23,7 @@ from tests.test_cli import PDBRIDGE, env_with
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BOT_TOKEN = "777009:fault-suite-bot"
+SECRET_KEY = "fault-suite-secret-key-0123456789abcdef"
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
@@ -47,6 +48,19 @@ class Running:
     pcid: str = ""
     secret: str = ""
     update_id: int = field(default=1000)
+
+    def secrets(self) -> list[str]:
+        """Every secret this run used: ours, the bot's, and what Pipedrive issued."""
+        bot_secret = BOT_TOKEN.partition(":")[2]
+        return [
+            SECRET_KEY,
+            ADMIN_TOKEN,
+            CLIENT_SECRET,
+            BOT_TOKEN,
+            bot_secret,
+            self.secret,
+            *self.pd.issued_secrets,
+        ]
 
     def alive(self) -> dict[str, bool]:
         return {role: p.poll() is None for role, p in self.processes.items()}
@@ -114,7 +128,7 @@ def running_service(
             PUBLIC_BASE_URL="https://bridge.example.com",  # Telegram takes HTTPS webhooks only
             REDIS_URL=redis_url,
             DATABASE_URL=database_url or f"sqlite:///{tmp_path / 'pdbridge.db'}",
-            SECRET_KEY="fault-suite-secret-key-0123456789abcdef",
+            SECRET_KEY=SECRET_KEY,
             ADMIN_TOKEN=ADMIN_TOKEN,
             PIPEDRIVE_CLIENT_ID=CLIENT_ID,
             PIPEDRIVE_CLIENT_SECRET=CLIENT_SECRET,

@@ -77,7 +77,12 @@ def test_a_redis_restart_loses_nothing_and_sends_nothing_twice(tmp_path: Path, l
             assert service.inbound_at_pipedrive() == [f"in {n}" for n in range(1, 8)]
             assert service.outbound_at_telegram() == [f"out {n}" for n in range(1, 8)]
             assert all(service.alive().values()), service.alive()
-        worker_log = (service.logs / ("run.log" if layout == "run" else "worker.log")).read_text()
+            secrets = service.secrets()
+        logs = {f.name: f.read_text() for f in service.logs.iterdir()}
+        for name, text in logs.items():  # a full run at info level: no secret in any line
+            leaked = [s[:6] + "…" for s in secrets if s in text]
+            assert leaked == [], f"{name} logs secrets: {leaked}"
+        worker_log = logs["run.log" if layout == "run" else "worker.log"]
         events = [json.loads(line)["event"] for line in worker_log.splitlines() if line[:1] == "{"]
         assert events.count("worker.redis_lost") == 1, "one warning per outage"
         assert events.count("worker.redis_back") == 1

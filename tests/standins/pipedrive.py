@@ -916,6 +916,7 @@ class PipedriveStandin(Served):
         self._codes: dict[str, _Code] = {}
         self._access: dict[str, _Token] = {}
         self._refresh: dict[str, _Token] = {}
+        self._issued: list[str] = []  # every code and token ever handed out
         self._api_tokens: dict[str, tuple[int, int]] = {}
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
@@ -1030,6 +1031,13 @@ class PipedriveStandin(Served):
         with self._lock:
             self._add_user(company_id, user_id, is_admin=is_admin)
             return self._token_response(company_id, user_id, tuple(scopes))
+
+    @property
+    def issued_secrets(self) -> list[str]:
+        """Every authorization code, access token and refresh token ever handed out (a test
+        scans logs for them)."""
+        with self._lock:
+            return list(self._issued)
 
     def expire_access_tokens(self) -> None:
         """Make every issued access token expired (refresh tokens stay valid)."""
@@ -1504,6 +1512,7 @@ class PipedriveStandin(Served):
         code = secrets.token_urlsafe(24)
         bound_uri = redirect_uri if redirect_uri is not None else self.redirect_uri
         self._codes[code] = _Code(company_id, user_id, scopes, bound_uri, self.now())
+        self._issued.append(code)
         return code
 
     def _token_response(
@@ -1514,11 +1523,13 @@ class PipedriveStandin(Served):
         refresh_token: str | None = None,
     ) -> dict[str, Any]:
         access_token = "v1u:" + secrets.token_urlsafe(48)
+        self._issued.append(access_token)
         self._access[access_token] = _Token(
             company_id, user_id, scopes, self.now() + self.access_token_ttl
         )
         if refresh_token is None:
             refresh_token = f"{company_id}:{user_id}:" + secrets.token_urlsafe(32)
+            self._issued.append(refresh_token)
             self._refresh[refresh_token] = _Token(company_id, user_id, scopes, self.now())
         return {
             "access_token": access_token,
