@@ -77,7 +77,13 @@ class EmbeddedRedis:
         self.log_path = self.workdir / f"redis-{self.port}.log"
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(  # noqa: S603 -- fixed arguments, our own binary
-                command, stdout=subprocess.DEVNULL, stderr=log_file, preexec_fn=die_with_parent
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                preexec_fn=die_with_parent,
+                # Its own session: a terminal's Ctrl-C reaches `run`, which stops Redis last,
+                # after the worker has finished with it.
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -550,4 +550,11 @@ async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await worker.close()
+    try:
+        await worker.close()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        # Redis went first: nothing is left to tidy there (arq's health key expires by itself),
+        # but our own shutdown (closing the database pool) still runs.
+        log.info("worker.closed_without_redis", error=str(error))
+        if worker.on_shutdown is not None:
+            await worker.on_shutdown(worker.ctx)
