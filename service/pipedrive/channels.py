@@ -3,16 +3,12 @@ and `receive`, which creates a message or updates its status (an upsert keyed by
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from service.models import Channel
 from service.pipedrive.client import PipedriveClient
 from service.pipedrive.errors import Forbidden, InvalidPayload, NotFound
 from service.store.installations import Installation
-
-#: The documented `created_at`/`reply_by` form for `receive` (UTC, minutes; §7.3).
-RECEIVE_TIME_FORMAT = "%Y-%m-%d %H:%M"
 
 
 class ChannelRegistrationError(Exception):
@@ -21,10 +17,6 @@ class ChannelRegistrationError(Exception):
     def __init__(self, message: str, code: str | None) -> None:
         super().__init__(message)
         self.code = code
-
-
-def receive_time(at: datetime) -> str:
-    return at.strftime(RECEIVE_TIME_FORMAT)
 
 
 async def register(

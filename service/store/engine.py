@@ -185,10 +185,6 @@ class Database:
             return sqlite_insert(table).on_conflict_do_nothing()
         return postgresql_insert(table).on_conflict_do_nothing()
 
-    def read(self) -> Any:
-        """A connection for reads (no transaction is held open longer than the block)."""
-        return self.engine.connect()
-
     def invalidate(self, kind: str) -> None:
         """A row of `kind` changed: drop cached copies in every Database of this process."""
         for db in list(_OPEN):

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from service.models import Message, StoredAttachment, status_advances
 from service.store.engine import Database
@@ -43,46 +42,6 @@ def _as_json(attachments: Sequence[StoredAttachment]) -> list[dict[str, Any]]:
         {"id": a.id, "key": a.key, "mime_type": a.mime_type, "name": a.name, "size": a.size}
         for a in attachments
     ]
-
-
-async def insert(
-    db: Database,
-    *,
-    channel_id: int,
-    conversation_id: int,
-    external_id: str,
-    provider_message_id: str | None,
-    direction: str,
-    sender_id: str,
-    text: str,
-    attachments: Sequence[StoredAttachment],
-    status: str,
-    created_at: datetime,
-) -> tuple[Message, bool]:
-    """Store a message; with an existing `external_id` returns that one and False."""
-    try:
-        async with db.write() as conn:
-            await conn.execute(
-                messages.insert().values(
-                    channel_id=channel_id,
-                    conversation_id=conversation_id,
-                    external_id=external_id,
-                    provider_message_id=provider_message_id,
-                    direction=direction,
-                    sender_id=sender_id,
-                    text=text,
-                    attachments=_as_json(attachments),
-                    status=status,
-                    created_at=created_at,
-                    updated_at=utcnow(),
-                )
-            )
-        created = True
-    except IntegrityError:
-        created = False
-    found = await get(db, channel_id, external_id)
-    assert found is not None
-    return found, created
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,13 +215,6 @@ async def advance_status(
             return _row(updated), True
         current = await get_by_pk(db, message.id)
     return current or message, False
-
-
-async def mark_pushed(db: Database, message_id: int, status: str) -> None:
-    async with db.write() as conn:
-        await conn.execute(
-            messages.update().where(messages.c.id == message_id).values(pushed_status=status)
-        )
 
 
 async def count(db: Database, conversation_id: int) -> int:
