@@ -272,3 +272,19 @@ message_parts = sa.Table(
     sa.UniqueConstraint("message_id", "part_index", name="uq_message_parts_message_id"),
     sa.Index("ix_message_parts_provider", "channel_id", "provider_message_id"),
 )
+
+#: Pipedrive API tokens spent per company and UTC day: the durable roll-up of the Redis ledger
+#: (service.pipedrive.ledger), so a day's spend survives a Redis flush. `budget` and
+#: `budget_left` are the daily-budget figures last seen (null when Pipedrive never said).
+installation_api_usage = sa.Table(
+    "installation_api_usage",
+    metadata,
+    sa.Column("company_id", sa.BigInteger, nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("calls", sa.BigInteger, nullable=False),
+    sa.Column("budget", sa.BigInteger, nullable=True),
+    sa.Column("budget_left", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("company_id", "day", name="pk_installation_api_usage"),
+)
