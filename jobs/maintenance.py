@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from service import ingest, queue
+from service.config import redact
 from service.context import Services
 from service.logging import get_logger
 from service.queue import JobContext
@@ -31,8 +32,26 @@ STUCK_AFTER = timedelta(minutes=1)
 
 async def sweep_stuck_deliveries(ctx: JobContext) -> int:
     """Every minute: queue the work that a failed enqueue (Redis away), a crash, or a job that
-    ran out of tries during an outage left behind: inbound deliveries and outgoing messages."""
-    return await sweep(ctx["services"], older_than=utcnow() - STUCK_AFTER)
+    ran out of tries during an outage left behind: inbound deliveries and outgoing messages.
+    Then roll the API cost ledger up into the database (its failure never stops the sweep)."""
+    svc: Services = ctx["services"]
+    queued = await sweep(svc, older_than=utcnow() - STUCK_AFTER)
+    await roll_up_api_usage(svc)
+    return queued
+
+
+async def roll_up_api_usage(svc: Services) -> int:
+    """Copy yesterday's and today's API spend from Redis into the database (idempotent); a
+    failure is logged and left to the next minute's run."""
+    try:
+        written = await svc.pipedrive.ledger.roll_up(svc.db)
+    except Exception as error:  # noqa: BLE001 -- bookkeeping must not fail the sweeper
+        log.warning(
+            "maintenance.api_usage_not_rolled_up", error=redact(f"{type(error).__name__}: {error}")
+        )
+        return 0
+    log.debug("maintenance.api_usage_rolled_up", rows=written)
+    return written
 
 
 async def sweep(svc: Services, *, older_than: datetime) -> int:

@@ -29,3 +29,12 @@ TEMPLATES = "pdbridge:templates:"
 BACKFILL_MARK = "pdbridge:backfill:"
 #: Statuses that arrived before their message's provider id was stored (a list, short-lived).
 EARLY_STATUS = "pdbridge:early-status:"
+#: API cost ledger (service.pipedrive.ledger), per UTC day: `{prefix}{day}:{company_id}` is a hash
+#: (tokens, calls, the daily-budget headers last seen, plan_budget, rolled) and
+#: `{prefix}{day}:companies` the set of companies that called that day. Kept a few days; the
+#: sweeper rolls each day up into the database.
+API_LEDGER = "pdbridge:ledger:"
+#: Tokens and calls of every company together by endpoint family (two hashes, no expiry), which
+#: /metrics exposes as counters.
+API_LEDGER_FAMILY_TOKENS = "pdbridge:ledger-family:tokens"
+API_LEDGER_FAMILY_CALLS = "pdbridge:ledger-family:calls"

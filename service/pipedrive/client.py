@@ -14,7 +14,8 @@ sends with a bearer token (OAuth) or `x-api-token` (single-company mode); learns
   per company).
 - Everything else raises its error class without a resend; the queue decides about retries.
 
-Every call is logged (method, path, status, estimated cost, rate-limit headers), never a token.
+Every call is logged (method, path, status, estimated cost, rate-limit headers), never a token,
+and counted in the API cost ledger (`service.pipedrive.ledger`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from service import __version__
 from service.config import Settings
 from service.logging import get_logger
 from service.pipedrive import errors
+from service.pipedrive.ledger import Ledger
 from service.pipedrive.ratelimit import LimiterParked, RateLimiter, reset_seconds
 from service.pipedrive.tokens import TokenManager
 from service.store import Database, installations
@@ -75,6 +77,8 @@ def estimated_cost(method: str, path: str) -> int:
     by_id = bool(parts) and (parts[-1].isdigit() or parts[-1] == "me")
     if parts[:1] == ["webhooks"]:
         return 6 if method == "DELETE" else 10
+    if parts[-1:] == ["search"] or parts[:1] == ["itemSearch"]:
+        return 40
     if method == "GET":
         return 2 if by_id else 20
     if method == "DELETE":
@@ -92,12 +96,14 @@ class PipedriveClient:
         http: httpx2.AsyncClient,
         tokens: TokenManager,
         limiter: RateLimiter,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.http = http
         self.tokens = tokens
         self.limiter = limiter
+        self.ledger = ledger or Ledger(limiter.redis)
         self.probe_seconds = settings.pipedrive_budget_probe_seconds
 
     def base_url(self, inst: Installation) -> str:
@@ -224,6 +230,14 @@ class PipedriveClient:
         user = body.get("data")
         if not isinstance(user, dict) or "id" not in user or "company_id" not in user:
             raise errors.InvalidPayload("users/me answered without id and company_id")
+        await self.ledger.record(
+            company_id=int(user["company_id"]),
+            auth_kind="oauth" if bearer is not None else "api_token",
+            path="/users/me",
+            cost=estimated_cost("GET", "/users/me"),
+            status=response.status_code,
+            headers=response.headers,
+        )
         return user
 
     async def _credentials(self, inst: Installation) -> tuple[str, int]:
@@ -252,13 +266,22 @@ class PipedriveClient:
         response = await self.http.request(
             method, f"{self.base_url(inst)}{path}", json=json, params=params, headers=headers
         )
+        cost = estimated_cost(method, path)
+        await self.ledger.record(
+            company_id=inst.company_id,
+            auth_kind=inst.auth_kind,
+            path=path,
+            cost=cost,
+            status=response.status_code,
+            headers=response.headers,
+        )
         log.info(
             "pipedrive.call",
             installation=inst.key,
             method=method,
             path=path,
             status=response.status_code,
-            cost=estimated_cost(method, path),
+            cost=cost,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
             **{
                 h.replace("-", "_"): response.headers[h]
