@@ -137,8 +137,14 @@ async def delete_conversation(request: Request) -> Response:
 
 
 async def list_installations(request: Request) -> Response:
-    found = await installations.list_all(services(request).db)
-    return data_response([i.as_json() for i in found])
+    """Each installation with its company's Pipedrive API spend today (`api_usage_today`:
+    tokens, calls, and the daily budget and what is left of it, null when unknown)."""
+    svc = services(request)
+    found = await installations.list_all(svc.db)
+    usage = await svc.pipedrive.ledger.usage(svc.db, {i.company_id for i in found})
+    return data_response(
+        [{**i.as_json(), "api_usage_today": usage[i.company_id].as_json()} for i in found]
+    )
 
 
 def admin_app(token: str | None) -> ASGIApp:

@@ -90,7 +90,26 @@ async def metrics(request: Request) -> Response:
     except Exception as error:  # noqa: BLE001 -- a scrape must answer even when Redis is down
         svc.metrics.queue.depth = None
         log.warning("metrics.queue_unavailable", error=str(error))
+    await _read_api_usage(request)
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _read_api_usage(request: Request) -> None:
+    """Fill the API cost ledger's metrics; left as they were if Redis or the database fail."""
+    svc = services(request)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            snapshot = await svc.pipedrive.ledger.snapshot(svc.db)
+    except Exception as error:  # noqa: BLE001 -- a scrape must answer even when Redis is down
+        log.warning("metrics.api_usage_unavailable", error=type(error).__name__)
+        return
+    target = svc.metrics.api_usage
+    target.family_tokens = snapshot.family_tokens
+    target.family_calls = snapshot.family_calls
+    target.company_tokens = {c: u.tokens for c, u in snapshot.today.items()}
+    target.company_budget_left = {
+        c: u.budget_left for c, u in snapshot.today.items() if u.budget_left is not None
+    }
 
 
 routes = [

@@ -46,6 +46,57 @@ class _QueueSnapshot(Collector):
         yield outcomes
 
 
+class _ApiUsageSnapshot(Collector):
+    """The API cost ledger as the /metrics handler read it just before rendering.
+
+    Label cardinality: the counters are labelled by endpoint family only (a fixed list, see
+    `service.pipedrive.ledger.FAMILIES`), never by company or path. The per-company figures are
+    gauges of today's spend, for the companies that called Pipedrive today: one or two series
+    per installed company, which a Marketplace app's install count keeps in the thousands at
+    most, and a company's series go away the day after it stops calling.
+    """
+
+    def __init__(self) -> None:
+        self.family_tokens: dict[str, int] = {}
+        self.family_calls: dict[str, int] = {}
+        self.company_tokens: dict[int, int] = {}
+        self.company_budget_left: dict[int, int] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        tokens = CounterMetricFamily(
+            "pdbridge_pipedrive_api_tokens",
+            "Pipedrive API tokens spent by every company, by endpoint family.",
+            labels=["family"],
+        )
+        for name, count in sorted(self.family_tokens.items()):
+            tokens.add_metric([name], count)
+        yield tokens
+        calls = CounterMetricFamily(
+            "pdbridge_pipedrive_api_calls",
+            "Pipedrive API calls answered, by endpoint family.",
+            labels=["family"],
+        )
+        for name, count in sorted(self.family_calls.items()):
+            calls.add_metric([name], count)
+        yield calls
+        today = GaugeMetricFamily(
+            "pdbridge_pipedrive_api_tokens_today",
+            "Pipedrive API tokens a company spent through us today (UTC).",
+            labels=["company_id"],
+        )
+        for company_id, count in sorted(self.company_tokens.items()):
+            today.add_metric([str(company_id)], count)
+        yield today
+        left = GaugeMetricFamily(
+            "pdbridge_pipedrive_api_budget_left",
+            "Tokens left of a company's daily Pipedrive budget, where known.",
+            labels=["company_id"],
+        )
+        for company_id, count in sorted(self.company_budget_left.items()):
+            left.add_metric([str(company_id)], count)
+        yield left
+
+
 class Metrics:
     """The metric objects of one web process."""
 
@@ -71,6 +122,8 @@ class Metrics:
         )
         self.queue = _QueueSnapshot()
         self.registry.register(self.queue)
+        self.api_usage = _ApiUsageSnapshot()
+        self.registry.register(self.api_usage)
 
     def queue_unavailable(self) -> None:
         self.not_queued.inc()
