@@ -1086,6 +1086,13 @@ class PipedriveStandin(Served):
         with self._lock:
             self._daily_spent.pop(self._company_for(token, company_id), None)
 
+    def daily_tokens_spent(self, company_id: int | None = None) -> int:
+        """Tokens the company (default: the stand-in's own) spent today, by the stand-in's
+        count: what the ``x-daily-ratelimit-token-*`` headers are computed from."""
+        with self._lock:
+            company = self.company_id if company_id is None else company_id
+            return self.daily_budget - self._daily_remaining(company)
+
     @property
     def requests_inside_reset_window(self) -> int:
         """Requests sent with a token before the ``x-ratelimit-reset`` of its last 429 elapsed."""
