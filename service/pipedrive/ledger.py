@@ -289,11 +289,16 @@ class Ledger:
         return Snapshot(family_tokens, family_calls, today)
 
     async def roll_up(self, db: Database, days: Sequence[date] | None = None) -> int:
-        """Copy each company's figures of `days` (default yesterday and today) into the
-        database; idempotent (sets, never adds). Returns the rows written."""
-        today = self.today()
+        """Copy each company's figures of `days` into the database; idempotent (sets, never
+        adds). By default today, and yesterday too in the first hour after midnight (its last
+        calls). Returns the rows written."""
+        now = self.clock()
+        if days is None:
+            today = now.date()
+            recent = now - timedelta(hours=1)
+            days = (today,) if recent.date() == today else (recent.date(), today)
         written = 0
-        for day in days or (today - timedelta(days=1), today):
+        for day in days:
             ids = await self.companies(day)
             if not ids:
                 continue

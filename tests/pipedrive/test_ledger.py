@@ -209,8 +209,9 @@ async def test_a_ledger_that_cannot_reach_redis_loses_no_call(bridge: Bridge) ->
 
 
 async def test_roll_up_after_midnight_closes_yesterday(redis_url: str, db: Database) -> None:
-    """A call at 23:59 UTC belongs to that day; the first roll-up after midnight writes it.
-    Budget headers that are not numbers are ignored, never stored."""
+    """A call at 23:59 UTC belongs to that day; the roll-ups of the hour after midnight write
+    it, later ones leave the closed day alone. Budget headers that are not numbers are
+    ignored, never stored."""
     now = [datetime(2026, 3, 1, 23, 59, tzinfo=UTC)]
     client = aioredis.Redis.from_url(redis_url)
     ledger = Ledger(client, clock=lambda: now[0])
@@ -232,6 +233,8 @@ async def test_roll_up_after_midnight_closes_yesterday(redis_url: str, db: Datab
         assert (yesterday.budget, yesterday.budget_source) == (60_000, "plan_minimum")
         today = (await ledger.usage(db, [7]))[7]
         assert (today.tokens, today.calls, today.fraction_left) == (0, 0, None)
+        now[0] += timedelta(hours=2)  # an hour past midnight yesterday is closed
+        assert await ledger.roll_up(db) == 0
     finally:
         await client.aclose()
 
