@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from service import redis_keys
-from service.queue import SHUTDOWN_WAIT
+from service.queue import HEALTH_CHECK_INTERVAL, SHUTDOWN_WAIT
 from tests.deploy.conftest import DEPLOY, KNOWN_VARIABLES, SECRET_VARIABLES
 
 K8S = DEPLOY / "k8s"
@@ -87,9 +87,9 @@ def test_worker_liveness_is_arqs_health_check() -> None:
     worker = container("pdbridge-worker")
     for probe in ("livenessProbe", "startupProbe"):
         assert worker[probe]["exec"]["command"] == ["pdbridge", "worker", "--check"]
-    # arq refreshes the key every 30 s: a probe window shorter than that would flap.
+    # The worker refreshes its key every HEALTH_CHECK_INTERVAL: a shorter window would flap.
     live = worker["livenessProbe"]
-    assert live["periodSeconds"] * live["failureThreshold"] > 30
+    assert live["periodSeconds"] * live["failureThreshold"] > 2 * HEALTH_CHECK_INTERVAL
     assert "readinessProbe" not in worker
 
 
