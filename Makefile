@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench lock clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "pdbridge needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -27,6 +27,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The hash-pinned lock files the container image installs from (deploy/Dockerfile). Rerun after
+# any change to the dependencies in pyproject.toml; tests/deploy/test_lock.py says when it is due.
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock"
+lock: $(STAMP)
+	$(LOCK) pyproject.toml -o deploy/requirements.lock
+	$(LOCK) deploy/build-requirements.in -o deploy/build-requirements.lock
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,15 @@ from types import FrameType
 from typing import Any
 
 from service.children import die_with_parent
-from service.config import VAR_DIR, ConfigError, Settings, exit_on_config_error, load_settings
+from service.config import (
+    NO_SHARED_KEY,
+    VAR_DIR,
+    ConfigError,
+    Settings,
+    ensure_secret_key_file,
+    exit_on_config_error,
+    load_settings,
+)
 from service.logging import configure_logging, get_logger
 
 log = get_logger("pdbridge.cli")
@@ -35,6 +43,10 @@ RESTART_CAP_SECONDS = 10.0
 #: ...unless it failed this often within the window: then `run` gives up and stops.
 RESTART_LIMIT = 5
 RESTART_WINDOW_SECONDS = 60.0
+#: Roles that run beside other processes and encrypt, decrypt or sign: each needs the one shared
+#: SECRET_KEY and never makes up its own. `run` generates ./var/secret.key and hands it to its
+#: children; `migrate`, `manifest` and `dead-letters` read and write no secret, so need none.
+KEYED_ROLES = frozenset({"web", "worker", "together"})
 
 
 def _migrate(settings: Settings) -> None:
@@ -103,6 +115,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.worker import build_worker
     from service import queue
 
+    if args.check:
+        if settings.redis_url is None:
+            raise ConfigError("REDIS_URL: the health check reads the Redis the worker uses")
+        return 0 if asyncio.run(queue.worker_is_healthy(settings.redis_url)) else 1
+
     async def go() -> None:
         worker = build_worker(settings, handle_signals=False)
         task = asyncio.create_task(queue.run_forever(worker))
@@ -169,9 +186,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.embedded_redis import EmbeddedRedis
     from service.store.engine import async_url
 
-    settings.secret_keys  # noqa: B018 -- generate ./var/secret.key once, before the children read it
+    keys = settings.secret_keys if settings.secret_key is not None else [ensure_secret_key_file()]
     _migrate(settings)
     env = dict(os.environ)
+    env["SECRET_KEY"] = ",".join(keys)  # the children share this one key (they never make one)
     redis: EmbeddedRedis | None = None
     if settings.redis_url is None:
         redis = EmbeddedRedis(VAR_DIR / "redis")
@@ -380,6 +398,11 @@ def parser() -> argparse.ArgumentParser:
     }
     for name, (function, help_text) in commands.items():
         sub.add_parser(name, help=help_text).set_defaults(func=function)
+    sub.choices["worker"].add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if this host's worker refreshed its health key lately, else 1 (a probe)",
+    )
     chans = sub.add_parser("channels", help="add, list and remove channels")
     chans.set_defaults(func=cmd_channels)
     chan_actions = chans.add_subparsers(dest="action", required=True)
@@ -414,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = load_settings()
+        if (
+            args.command in KEYED_ROLES
+            and settings.secret_key is None
+            and not getattr(args, "check", False)
+        ):
+            raise ConfigError(NO_SHARED_KEY)
         configure_logging(settings)
         code: int = args.func(settings, args)
     except ConfigError as error:

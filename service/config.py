@@ -17,9 +17,17 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.redis_url import is_sentinel, parse_sentinel_url
+
 VAR_DIR = Path("var")
 SECRET_KEY_FILE = VAR_DIR / "secret.key"
 MIN_SECRET_LENGTH = 32
+#: The one line a process that needs the shared key prints when it has none.
+NO_SHARED_KEY = (
+    "SECRET_KEY: not set; every web and worker process needs the same key (32+ characters,"
+    " e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`); only `pdbridge run`"
+    " generates one"
+)
 
 
 class ConfigError(Exception):
@@ -87,8 +95,11 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str | None) -> str | None:
         if not value:
             return None
+        if is_sentinel(value):
+            parse_sentinel_url(value)
+            return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be redis://host:port/db")
+            raise ValueError("must be redis://host:port/db or redis+sentinel://host:port/MASTER")
         return value
 
     @field_validator("secret_key", "admin_token", "pipedrive_api_token", mode="before")
@@ -112,10 +123,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def secret_keys(self) -> list[str]:
-        """The encryption keys, newest first; read or generated into ./var when unset."""
+        """The encryption keys, newest first. Without SECRET_KEY only the key `pdbridge run`
+        generated into ./var is used (a laptop's shell tools); nothing else ever generates one,
+        since a process with a key of its own cannot read what the others encrypted."""
         if self.secret_key is not None:
             return [k.strip() for k in self.secret_key.get_secret_value().split(",") if k.strip()]
-        return [ensure_secret_key_file()]
+        if SECRET_KEY_FILE.exists():
+            return [ensure_secret_key_file()]
+        raise ConfigError(NO_SHARED_KEY)
 
     @property
     def single_company(self) -> bool:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import random
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,7 @@ from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.worker import Function, Worker, func
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry as RedisRetry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,6 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service import redis_keys
 from service.errors import Parked, is_transient, retry_after
 from service.logging import get_logger
+from service.redis_url import is_sentinel, parse_sentinel_url
 from service.store import Database, dead_letters
 
 log = get_logger(__name__)
@@ -71,6 +74,11 @@ BACKOFF_CAP = 300.0
 PARKED_MARK = "~parked~"
 #: A group's "scheduled" mark outlives any drain; it is only trusted while its job exists.
 GROUP_MARK_MS = 24 * 3600 * 1000
+#: On a stop signal a worker lets running jobs finish for this long, then cancels the rest (a
+#: cancelled drain is simply run again later). A container's stop grace period must exceed it.
+SHUTDOWN_WAIT = 20.0
+#: A worker writes its health key this often; the key lives one second longer (arq's scheme).
+HEALTH_CHECK_INTERVAL = 30
 
 
 # --- the jobs, declared once -----------------------------------------------------------------
@@ -181,8 +189,21 @@ def deserialize(data: bytes) -> Any:
 
 
 def redis_settings(url: str) -> RedisSettings:
-    """arq connection settings that ride out a Redis restart instead of killing the worker."""
-    settings = RedisSettings.from_dsn(url)
+    """arq connection settings that ride out a Redis restart instead of killing the worker; a
+    `redis+sentinel://` URL becomes arq's own Sentinel settings (it asks the sentinels for the
+    master on every new connection, so a failover is followed)."""
+    if is_sentinel(url):
+        target = parse_sentinel_url(url)
+        settings = RedisSettings(
+            host=list(target.sentinels),
+            sentinel=True,
+            sentinel_master=target.master,
+            database=target.db,
+            username=target.username,
+            password=target.password,
+        )
+    else:
+        settings = RedisSettings.from_dsn(url)
     settings.conn_timeout = 2
     settings.conn_retries = 10
     settings.conn_retry_delay = 1
@@ -211,17 +232,32 @@ class Queue:
     async def connect(cls, url: str) -> Queue:
         """A client for `url` that connects on first use, so a process can start (and report
         "not ready") while Redis is away; each command retries a blip with backoff."""
-        pool = ConnectionPool.from_url(
-            url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            retry_on_timeout=True,
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
-            health_check_interval=30,
-        )
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+            "retry_on_timeout": True,
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "retry": RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+            "health_check_interval": 30,
+        }
+        if is_sentinel(url):
+            target = parse_sentinel_url(url)
+            # redis-py's asyncio Sentinel has no annotations; what it returns is typed below.
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(target.sentinels),
+                sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 5},
+                db=target.db,
+                username=target.username,
+                password=target.password,
+                **options,
+            )
+            redis: ArqRedis = sentinel.master_for(target.master, redis_class=ArqRedis)
+            redis.job_serializer = serialize
+            redis.job_deserializer = deserialize
+            redis.default_queue_name = redis_keys.QUEUE_DEFAULT
+            return cls(redis)
         redis = ArqRedis(
-            pool,
+            ConnectionPool.from_url(url, **options),
             job_serializer=serialize,
             job_deserializer=deserialize,
             default_queue_name=redis_keys.QUEUE_DEFAULT,
@@ -350,7 +386,16 @@ class Queue:
             await self.redis.ping()
 
     async def close(self) -> None:
-        await self.redis.aclose(close_connection_pool=True)
+        await close_redis(self.redis)
+
+
+async def close_redis(redis: ArqRedis) -> None:
+    """Close a client and its pool, and under Sentinel the clients to the sentinels too (closing
+    the master's pool leaves those open)."""
+    manager = getattr(redis.connection_pool, "sentinel_manager", None)
+    await redis.aclose(close_connection_pool=True)
+    for client in getattr(manager, "sentinels", ()):
+        await client.aclose()
 
 
 async def _count(ctx: JobContext, function: str, outcome: str) -> None:
@@ -501,8 +546,9 @@ def create_worker(
         max_jobs=max_jobs,
         max_tries=ARQ_MAX_TRIES,
         job_timeout=JOB_TIMEOUT + 30,
-        health_check_interval=30,
-        job_completion_wait=20,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+        health_check_key=health_check_key(),
+        job_completion_wait=int(SHUTDOWN_WAIT),
         keep_result=3600,
         ctx=ctx,
     )
@@ -546,7 +592,7 @@ async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
     worker.allow_pick_jobs = False
     running = [t for t in worker.tasks.values() if not t.done()]
     if running:
-        await asyncio.wait(running, timeout=20)
+        await asyncio.wait(running, timeout=SHUTDOWN_WAIT)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -558,3 +604,32 @@ async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
         log.info("worker.closed_without_redis", error=str(error))
         if worker.on_shutdown is not None:
             await worker.on_shutdown(worker.ctx)
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def health_check_key(host: str | None = None) -> str:
+    """The key a worker refreshes every `HEALTH_CHECK_INTERVAL` seconds: one per host (a pod, a
+    container), so that `pdbridge worker --check` answers for the worker beside it rather than
+    for any worker on the queue (arq's default key is one per queue)."""
+    return f"{redis_keys.QUEUE_DEFAULT}:health-check:{host or socket.gethostname()}"
+
+
+async def worker_is_healthy(url: str, *, host: str | None = None, timeout: float = 5.0) -> bool:
+    """True when this host's worker refreshed its health key lately (arq's `check_health`, with
+    our key and a bounded wait); False when it did not, or Redis does not answer."""
+    queue = await Queue.connect(url)
+    try:
+        async with asyncio.timeout(timeout):
+            found = await queue.redis.get(health_check_key(host))
+    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as error:
+        log.warning("worker.check_failed", error=str(error))
+        return False
+    finally:
+        await queue.close()
+    if found is None:
+        log.warning("worker.check_failed", error="no health key: no worker polling on this host")
+        return False
+    log.info("worker.check_ok", health=found.decode(errors="replace"))
+    return True

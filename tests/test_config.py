@@ -61,13 +61,24 @@ def test_secret_key_list_is_newest_first(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_secret_key_is_generated_once_with_private_mode(tmp_path: Path) -> None:
-    """Without SECRET_KEY a key is written to ./var/secret.key (0600) and reused afterwards."""
-    first = load_settings().secret_keys
+    """`pdbridge run`'s key is written to ./var/secret.key (0600) once and reused afterwards;
+    settings without SECRET_KEY then use that file (a laptop's shell tools beside `run`)."""
+    first = ensure_secret_key_file()
     path = Path("var/secret.key")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(first[0]) >= 32
-    assert load_settings().secret_keys == first
-    assert ensure_secret_key_file(path) == first[0]
+    assert len(first) >= 32
+    assert ensure_secret_key_file(path) == first
+    assert load_settings().secret_keys == [first]
+
+
+def test_without_secret_key_settings_never_make_one_up(tmp_path: Path) -> None:
+    """With no SECRET_KEY and no key from `pdbridge run`, asking for the keys is a one-line
+    error naming SECRET_KEY, and no key file appears: a process with a key of its own could not
+    read what the others encrypted."""
+    with pytest.raises(ConfigError, match=r"^SECRET_KEY: not set") as caught:
+        load_settings().secret_keys  # noqa: B018 -- the property is what is under test
+    assert "\n" not in str(caught.value)
+    assert not Path("var/secret.key").exists()
 
 
 def test_dotenv_file_is_read(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ def test_channels_commands_drive_the_same_lifecycle(
         PIPEDRIVE_API_URL=pd.base_url,
         TELEGRAM_API_URL=tg.base_url,
         LOG_FORMAT="json",
+        SECRET_KEY="cli-channels-secret-0123456789abcdef",
     )
 
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
