@@ -29,3 +29,8 @@ TEMPLATES = "pdbridge:templates:"
 BACKFILL_MARK = "pdbridge:backfill:"
 #: Statuses that arrived before their message's provider id was stored (a list, short-lived).
 EARLY_STATUS = "pdbridge:early-status:"
+#: How many channels `auto` moved from the Channels API to notes (a counter, read by /metrics).
+SINK_MOVES = "pdbridge:metrics:sink-moves"
+#: Notes sink: a customer address matched to a Pipedrive person, `{company}:{kind}:{value}` ->
+#: person id; lives NOTES_MATCH_TTL_SECONDS.
+PERSON_MATCH = "pdbridge:person-match:"
