@@ -88,6 +88,10 @@ async def push(
 ) -> Sink:
     """Tell Pipedrive about the message at its stored status through the channel's sink;
     returns the sink that took it."""
+    if follows_auto(svc.settings, channel):
+        # A relay holds its channel for a whole drain: see a move made meanwhile (the process
+        # cache drops the channel on every write, so this is a dictionary lookup).
+        channel = await channels.get_by_id(svc.db, svc.crypto, channel.id) or channel
     if effective(svc.settings, channel) == "notes":
         await notes_sink.push(svc, channel, conversation, message)
         return "notes"

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from jobs.maintenance import sweep
 from service.store import dead_letters
-from service.store.schema import inbound_deliveries, utcnow
+from service.store.schema import inbound_deliveries, note_windows, utcnow
 from tests.messaging.harness import ADMIN, served_bridge
 from tests.pipedrive.bridge import PUBLIC_URL, Bridge, standin
 from tests.standins.pipedrive import PipedriveStandin
@@ -201,12 +201,32 @@ async def test_auto_channel_moves_to_notes_when_the_channels_api_answers_410(
 async def test_auto_channel_registered_against_a_gone_api_starts_on_notes(
     notes: NotesStack,
 ) -> None:
-    """POST /admin/channels with the Channels API at 410 still connects the channel, on notes;
-    an operator can move a channel back and forth with PATCH."""
+    """POST /admin/channels with the Channels API at 410 still connects the channel, on notes.
+    Without person creation an unknown customer's lines wait (logged) until a person matches.
+    An operator moves a channel between sinks with PATCH; an unknown sink is a 400."""
+    refused = await notes.bridge.http.post(
+        "/admin/channels",
+        headers=ADMIN,
+        json={"provider": "twilio", "company_id": 1001, "user_id": 2001, "name": "SMS",
+              "credentials": notes.tw.credentials, "sink": "fax"},
+    )  # fmt: skip
+    assert refused.status_code == 400
     notes.pd.retire_channels_api()
-    channel = await notes.add_channel()
+    channel = await notes.add_channel(create_persons=False)
     assert (channel["sink"], channel["pipedrive_channel_id"]) == ("notes", None)
-    assert channel["sink_moved_at"] is not None
+    assert (channel["sink_moved_at"] is not None, channel["create_persons"]) == (True, False)
+    with capture_logs() as logs:
+        await notes.sms(CUSTOMERS[0], "anyone there?")
+        await notes.bridge.run_worker()
+    assert [e["event"] for e in logs if e["event"] == "notes.person_unmatched"]
+    assert (notes.pd.notes, notes.pd.persons) == ([], [])
+    person = notes.pd.add_person("Jane", phones=(CUSTOMERS[0],))
+    await notes.sms(CUSTOMERS[0], "hello?")
+    await notes.bridge.run_worker()
+    [note] = notes.pd.notes_of(person["id"])
+    assert "anyone there?" in note["content"]
+    assert "hello?" in note["content"]
+
     response = await notes.bridge.http.patch(
         f"/admin/channels/{notes.pcid}", headers=ADMIN, json={"sink": "channels"}
     )
@@ -223,8 +243,8 @@ async def test_a_reply_note_reaches_the_customer_once_even_delivered_three_times
     notes: NotesStack,
 ) -> None:
     """An agent's `/reply` note goes to the customer exactly once with the webhook delivered
-    three times, and its status shows in the conversation's note; our own notes and notes
-    without the marker send nothing."""
+    three times, and its statuses show in the conversation's note while its window is open;
+    our own notes and notes without the marker send nothing."""
     person = notes.pd.add_person("Jane", phones=(CUSTOMERS[0],))
     await notes.add_channel(sink="notes")
     await notes.sms(CUSTOMERS[0], "When does it ship?")
@@ -246,6 +266,21 @@ async def test_a_reply_note_reaches_the_customer_once_even_delivered_three_times
     content = texts_in(ours)
     assert "It ships tomorrow & arrives Friday" in content
     assert "[sent]" in content
+
+    # Its statuses update its line while the note's window is open, and are dropped after.
+    await notes.deliver(notes.tw.status_form(sent[0]["sid"], "delivered", to=CUSTOMERS[0]))
+    await notes.bridge.run_worker()
+    [ours] = [n for n in notes.pd.notes_of(person["id"]) if n["id"] == ours["id"]]
+    assert "[delivered]" in ours["content"]
+    async with notes.bridge.services.db.write() as conn:  # the window's time runs out
+        await conn.execute(
+            sa.update(note_windows).values(closes_at=utcnow() - timedelta(seconds=1))
+        )
+    with capture_logs() as logs:
+        await notes.deliver(notes.tw.status_form(sent[0]["sid"], "read", to=CUSTOMERS[0]))
+        await notes.bridge.run_worker()
+    assert [e["status"] for e in logs if e["event"] == "notes.status_dropped"] == ["read"]
+    assert [n for n in notes.pd.notes_of(person["id"]) if n["id"] == ours["id"]] == [ours]
 
 
 async def test_bad_input_is_logged_and_loses_nothing(notes: NotesStack) -> None:
@@ -280,22 +315,3 @@ async def test_bad_input_is_logged_and_loses_nothing(notes: NotesStack) -> None:
     assert [e["event"] for e in logs if e["event"] == "pipedrive_webhook.company_mismatch"]
     assert notes.tw.sent == []
     assert await dead_letters.list_all(notes.bridge.services.db) == []
-
-
-async def test_cli_and_admin_refuse_an_unknown_sink(notes: NotesStack) -> None:
-    """`sink` must be channels, notes or null: anything else is a 400 and no channel."""
-    response = await notes.bridge.http.post(
-        "/admin/channels",
-        headers=ADMIN,
-        json={
-            "provider": "twilio",
-            "company_id": 1001,
-            "user_id": 2001,
-            "name": "SMS line",
-            "credentials": notes.tw.credentials,
-            "sink": "fax",
-        },
-    )
-    assert response.status_code == 400
-    listed = await notes.bridge.http.get("/admin/channels", headers=ADMIN)
-    assert listed.json()["data"] == []
