@@ -187,8 +187,8 @@ async def lines(db: Database, window_id: int) -> list[Message]:
 
 
 async def update(db: Database, window_id: int, **values: Any) -> None:
-    """Set the window's Pipedrive side: note_id, person_id, deal_id, deal_checked,
-    post_started_at, written_revision (callers name what they learnt)."""
+    """Set the window's Pipedrive side: note_id, person_id, deal_id, deal_checked or
+    post_started_at (callers name what they learnt; `mark_written` records a write)."""
     allowed = {"note_id", "person_id", "deal_id", "deal_checked", "post_started_at"}
     unknown = set(values) - allowed
     if unknown:
