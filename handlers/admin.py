@@ -5,15 +5,19 @@ With no `ADMIN_TOKEN` configured the whole mount answers 404, as if it did not e
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from handlers import data_response, error_response, services
-from service import channel_lifecycle, replay
+from service import channel_lifecycle, replay, sinks
+from service.context import Services
 from service.crypto import constant_time_equals
 from service.logging import get_logger
+from service.models import Channel
 from service.pipedrive.errors import PipedriveError
 from service.store import channels, dead_letters, installations
 
@@ -84,6 +88,11 @@ async def add_channel(request: Request) -> Response:
         credentials = body.get("credentials")
         if not name or not isinstance(credentials, dict):
             raise ValueError("name and credentials are required")
+        sink, create_persons = body.get("sink"), body.get("create_persons")
+        if sink is not None and sink not in sinks.SINKS:
+            raise ValueError(f"sink must be one of {', '.join(sinks.SINKS)} (or null)")
+        if create_persons is not None and not isinstance(create_persons, bool):
+            raise ValueError("create_persons must be true, false or null")
         company_id = int(body["company_id"]) if body.get("company_id") is not None else None
         user_id = int(body["user_id"]) if body.get("user_id") is not None else None
     except (ValueError, KeyError, TypeError) as error:
@@ -96,18 +105,45 @@ async def add_channel(request: Request) -> Response:
             credentials=credentials,
             company_id=company_id,
             user_id=user_id,
+            sink=sink,
+            create_persons=create_persons,
         )
     except channel_lifecycle.ChannelError as error:
         return error_response(error.status, error.code, error.message)
-    return JSONResponse(
-        channel.as_json(channel_lifecycle.webhook_url(svc, channel)), status_code=201
-    )
+    return JSONResponse(_channel_json(svc, channel), status_code=201)
+
+
+def _channel_json(svc: Services, channel: Channel) -> dict[str, Any]:
+    """A channel as the admin API shows it: no credentials; the sink it writes to now."""
+    shown = channel.as_json(channel_lifecycle.webhook_url(svc, channel))
+    shown.update(sinks.describe(svc.settings, channel))
+    return shown
 
 
 async def list_channels(request: Request) -> Response:
     svc = services(request)
     found = await channels.list_active(svc.db, svc.crypto)
-    return data_response([c.as_json(channel_lifecycle.webhook_url(svc, c)) for c in found])
+    return data_response([_channel_json(svc, c) for c in found])
+
+
+async def update_channel(request: Request) -> Response:
+    """`PATCH /admin/channels/{id}` with `{"sink": "notes"|"channels"|null}`: move a channel
+    between sinks (null: follow PIPEDRIVE_SINK)."""
+    svc = services(request)
+    channel = await channels.get(svc.db, svc.crypto, request.path_params["provider_channel_id"])
+    if channel is None:
+        return error_response(404, "NOT_FOUND", "no such channel")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or set(body) != {"sink"}:
+        return error_response(400, "INVALID_BODY", 'expected {"sink": "channels"|"notes"|null}')
+    try:
+        updated = await channel_lifecycle.set_sink(svc, channel, body["sink"])
+    except channel_lifecycle.ChannelError as error:
+        return error_response(error.status, error.code, error.message)
+    return JSONResponse(_channel_json(svc, updated))
 
 
 async def remove_channel(request: Request) -> Response:
@@ -154,6 +190,7 @@ def admin_app(token: str | None) -> ASGIApp:
             Route("/channels", add_channel, methods=["POST"]),
             Route("/channels", list_channels, methods=["GET"]),
             Route("/channels/{provider_channel_id}", remove_channel, methods=["DELETE"]),
+            Route("/channels/{provider_channel_id}", update_channel, methods=["PATCH"]),
             Route(
                 "/channels/{provider_channel_id}/conversations/{conversation_id}",
                 delete_conversation,

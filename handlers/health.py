@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from handlers import services
+from service import redis_keys
 from service.config import redact
 from service.logging import get_logger
 from service.metrics import CONTENT_TYPE
@@ -87,8 +88,11 @@ async def metrics(request: Request) -> Response:
         async with asyncio.timeout(CHECK_TIMEOUT):
             svc.metrics.queue.depth = await svc.queue.depth()
             svc.metrics.queue.outcomes = await svc.queue.job_outcomes()
+            moves = await svc.queue.redis.get(redis_keys.SINK_MOVES)
+            svc.metrics.queue.sink_moves = int(moves or 0)
     except Exception as error:  # noqa: BLE001 -- a scrape must answer even when Redis is down
         svc.metrics.queue.depth = None
+        svc.metrics.queue.sink_moves = None
         log.warning("metrics.queue_unavailable", error=str(error))
     await _read_api_usage(request)
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)

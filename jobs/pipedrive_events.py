@@ -15,6 +15,7 @@ from service.context import Services
 from service.logging import get_logger
 from service.pipedrive.webhooks import PipedriveEvent
 from service.queue import JobContext
+from service.sinks import replies
 from service.store import deliveries, installations, person_links
 from service.store.installations import Installation
 
@@ -94,3 +95,9 @@ async def follow_user_deactivation(
         svc.db, target.id, "needs_reauth", "user deactivated in Pipedrive"
     ):
         log.warning("installation.user_deactivated", installation=target.key)
+
+
+@on("note", "create")
+async def reply_from_note(svc: Services, inst: Installation, event: PipedriveEvent) -> None:
+    """An agent's `/reply` note on a linked person or deal goes to the customer (notes sink)."""
+    await replies.handle_note(svc, inst, event)

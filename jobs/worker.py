@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from jobs import backfill, inbound, installations, maintenance, outbound, pipedrive_events
+from jobs import backfill, inbound, installations, maintenance, notes, outbound, pipedrive_events
 from service import queue
 from service.config import Settings
 from service.context import Services
@@ -23,6 +23,7 @@ FUNCTIONS: list[queue.RegisteredJob] = [
     queue.job(inbound.relay_conversation, queue.RELAY_CONVERSATION),
     queue.job(inbound.retry_delivery, queue.RETRY_DELIVERY),
     queue.job(outbound.send_conversation, queue.SEND_CONVERSATION),
+    queue.job(notes.notes_flush, queue.NOTES_FLUSH),
     queue.job(outbound.deliver_outbound, queue.DELIVER_OUTBOUND),
     queue.job(outbound.remove_provider_webhook, queue.REMOVE_PROVIDER_WEBHOOK),
 ]

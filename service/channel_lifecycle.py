@@ -11,13 +11,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from service import sinks
 from service.context import Services
 from service.logging import get_logger
 from service.models import Channel
 from service.pipedrive import channels as pipedrive_channels
 from service.pipedrive.errors import Forbidden, PipedriveError
 from service.providers import UnknownProvider
-from service.providers.base import InvalidCredentials, ProviderError
+from service.providers.base import InvalidCredentials, ProviderAdapter, ProviderError
 from service.store import channels, conversations, installations
 from service.store.installations import Installation
 
@@ -67,8 +68,14 @@ async def add(
     credentials: dict[str, Any],
     company_id: int | None = None,
     user_id: int | None = None,
+    sink: str | None = None,
+    create_persons: bool | None = None,
 ) -> Channel:
-    """Store the channel, register it with Pipedrive, then register our webhook at the provider."""
+    """Store the channel, register it with Pipedrive (not for the notes sink, which needs no
+    registration; under `auto` a Channels API that is gone moves it to notes), then register our
+    webhook at the provider."""
+    if sink is not None and sink not in sinks.SINKS:
+        raise ChannelError(400, "INVALID_BODY", f"sink must be one of {', '.join(sinks.SINKS)}")
     try:
         adapter = services.adapter(provider)
         checked = adapter.check_credentials(credentials)
@@ -99,7 +106,41 @@ async def add(
         webhook_secret=adapter.new_webhook_secret(),
         account_id=account_id,
         account_name=account_name,
+        sink=sink,
+        create_persons=create_persons,
     )
+    if sinks.effective(services.settings, channel) == "channels":
+        channel = await _register(services, inst, adapter, channel)
+    try:
+        await adapter.register_webhook(channel, webhook_url(services, channel))
+    except ProviderError as error:
+        if channel.pipedrive_channel_id:
+            try:
+                await pipedrive_channels.delete(services.pipedrive, inst, channel)
+            except PipedriveError as cleanup:
+                log.error(
+                    "channel.cleanup_failed",
+                    channel=channel.provider_channel_id,
+                    error=str(cleanup),
+                )
+        await channels.remove(services.db, channel.id)
+        raise ChannelError(502, "PROVIDER_WEBHOOK_FAILED", str(error)) from None
+    found = await channels.get(services.db, services.crypto, channel.provider_channel_id)
+    assert found is not None
+    log.info(
+        "channel.added",
+        channel=found.provider_channel_id,
+        provider=provider,
+        account=account_id,
+        sink=sinks.effective(services.settings, found),
+    )
+    return found
+
+
+async def _register(
+    services: Services, inst: Installation, adapter: ProviderAdapter, channel: Channel
+) -> Channel:
+    """Register the channel with Pipedrive's Channels API; returns it as stored afterwards."""
     try:
         registered = await pipedrive_channels.register(
             services.pipedrive,
@@ -109,28 +150,36 @@ async def add(
             template_support=adapter.template_support,
         )
     except pipedrive_channels.ChannelRegistrationError as error:
+        if sinks.follows_auto(services.settings, channel) and sinks.channels_api_gone(
+            error.__cause__
+        ):
+            return await sinks.move_to_notes(services, channel, error)
         await channels.remove(services.db, channel.id)
         status = 403 if error.code == "ADMIN_ONLY" else 400
         raise ChannelError(status, error.code or "PIPEDRIVE_REFUSED", str(error)) from None
     except PipedriveError as error:
+        if sinks.follows_auto(services.settings, channel) and sinks.channels_api_gone(error):
+            return await sinks.move_to_notes(services, channel, error)
         await channels.remove(services.db, channel.id)
         raise ChannelError(502, "PIPEDRIVE_UNAVAILABLE", str(error)) from None
     await channels.set_pipedrive_id(services.db, channel.id, str(registered.get("id", "")))
-    try:
-        await adapter.register_webhook(channel, webhook_url(services, channel))
-    except ProviderError as error:
-        try:
-            await pipedrive_channels.delete(services.pipedrive, inst, channel)
-        except PipedriveError as cleanup:
-            log.error(
-                "channel.cleanup_failed", channel=channel.provider_channel_id, error=str(cleanup)
-            )
-        await channels.remove(services.db, channel.id)
-        raise ChannelError(502, "PROVIDER_WEBHOOK_FAILED", str(error)) from None
-    found = await channels.get(services.db, services.crypto, channel.provider_channel_id)
+    found = await channels.get_by_id(services.db, services.crypto, channel.id)
+    return found or channel
+
+
+async def set_sink(services: Services, channel: Channel, sink: str | None) -> Channel:
+    """An operator moves a channel between sinks (None: follow PIPEDRIVE_SINK). Messages from
+    now on go to the new sink; what was told before stays where it is."""
+    if sink is not None and sink not in sinks.SINKS:
+        raise ChannelError(400, "INVALID_BODY", f"sink must be one of {', '.join(sinks.SINKS)}")
+    await channels.set_sink(services.db, channel.id, sink)
+    found = await channels.get_by_id(services.db, services.crypto, channel.id)
     assert found is not None
     log.info(
-        "channel.added", channel=found.provider_channel_id, provider=provider, account=account_id
+        "channel.sink_set",
+        channel=channel.provider_channel_id,
+        sink_setting=sink,
+        sink=sinks.effective(services.settings, found),
     )
     return found
 
@@ -139,7 +188,7 @@ async def remove(services: Services, channel: Channel, *, at_pipedrive: bool) ->
     """Remove at Pipedrive (unless Pipedrive asked us), at the provider, then locally."""
     if at_pipedrive:
         inst = await installations.get(services.db, channel.installation_id)
-        if inst is not None and inst.status == "active":
+        if inst is not None and inst.status == "active" and channel.pipedrive_channel_id:
             await pipedrive_channels.delete(services.pipedrive, inst, channel)
     try:
         await services.adapter(channel.provider).remove_webhook(channel)

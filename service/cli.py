@@ -337,16 +337,32 @@ def cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_channels(settings: Settings, args: argparse.Namespace) -> int:
     """The admin API's channel operations, run in this process against the same state."""
-    from service import channel_lifecycle
+    from service import channel_lifecycle, sinks
     from service.context import Services
+    from service.models import Channel
     from service.store import channels
+
+    def shown(services: Services, channel: Channel) -> dict[str, Any]:
+        answer = channel.as_json(channel_lifecycle.webhook_url(services, channel))
+        answer.update(sinks.describe(services.settings, channel))
+        return answer
 
     async def go() -> int:
         services = await Services.start(settings)
         try:
             if args.action == "list":
                 found = await channels.list_active(services.db, services.crypto)
-                _print_json([c.as_json(channel_lifecycle.webhook_url(services, c)) for c in found])
+                _print_json([shown(services, c) for c in found])
+                return 0
+            if args.action == "set-sink":
+                channel = await channels.get(services.db, services.crypto, args.id)
+                if channel is None:
+                    sys.stderr.write(f"pdbridge: no channel {args.id}\n")
+                    return 1
+                sink = None if args.sink == "default" else args.sink
+                _print_json(
+                    shown(services, await channel_lifecycle.set_sink(services, channel, sink))
+                )
                 return 0
             if args.action == "remove":
                 channel = await channels.get(services.db, services.crypto, args.id)
@@ -364,8 +380,9 @@ def cmd_channels(settings: Settings, args: argparse.Namespace) -> int:
                 credentials=credentials,
                 company_id=args.company_id,
                 user_id=args.user_id,
+                sink=args.sink,
             )
-            _print_json(channel.as_json(channel_lifecycle.webhook_url(services, channel)))
+            _print_json(shown(services, channel))
             return 0
         except channel_lifecycle.ChannelError as error:
             sys.stderr.write(f"pdbridge: {error.code}: {error.message}\n")
@@ -419,6 +436,16 @@ def parser() -> argparse.ArgumentParser:
     )
     adding.add_argument("--company-id", type=int)
     adding.add_argument("--user-id", type=int)
+    adding.add_argument(
+        "--sink",
+        choices=["channels", "notes"],
+        help="where its conversations go in Pipedrive (default: follow PIPEDRIVE_SINK)",
+    )
+    sinking = chan_actions.add_parser(
+        "set-sink", help="move a channel to the channels or notes sink (default: PIPEDRIVE_SINK)"
+    )
+    sinking.add_argument("id", help="the provider_channel_id")
+    sinking.add_argument("sink", choices=["channels", "notes", "default"])
     chan_actions.add_parser("list", help="print the active channels as JSON")
     removing = chan_actions.add_parser("remove", help="remove at Pipedrive, the provider and here")
     removing.add_argument("id", help="the provider_channel_id")

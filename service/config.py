@@ -56,13 +56,28 @@ class Settings(BaseSettings):
     pipedrive_api_token: SecretStr | None = None
     #: How long a daily-budget park lasts before a probe call tries again (doc: 15-30 minutes).
     pipedrive_budget_probe_seconds: float = Field(default=1200.0, gt=0)
+    #: Where conversations go in Pipedrive (a channel's own `sink` wins): the Channels API,
+    #: notes on the matched person and deal, or channels until Pipedrive says the API is gone.
+    pipedrive_sink: Literal["channels", "notes", "auto"] = "auto"
+    #: Notes sink: how long one note collects a conversation's lines before a new note starts.
+    notes_window_seconds: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
+    #: Notes sink: a CRM note whose first line starts with this is sent to the customer.
+    notes_reply_marker: str = Field(default="/reply", min_length=1, max_length=40)
+    #: Notes sink: which open deal of the person a conversation's notes also attach to.
+    notes_deal_policy: Literal["never", "single", "newest"] = "single"
+    #: Notes sink: create a person when none matches (a channel's own choice wins).
+    notes_create_persons: bool = True
+    #: Notes sink: how long a person match (address -> person) is cached.
+    notes_match_ttl_seconds: float = Field(default=3600.0, ge=0)
     telegram_api_url: str = "https://api.telegram.org"
     whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
     twilio_api_url: str = "https://api.twilio.com"
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator(
+        "log_level", "log_format", "pipedrive_sink", "notes_deal_policy", mode="before"
+    )
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -30,6 +30,7 @@ class _QueueSnapshot(Collector):
     def __init__(self) -> None:
         self.depth: int | None = None
         self.outcomes: dict[tuple[str, str], int] = {}
+        self.sink_moves: int | None = None
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily("pdbridge_queue_depth", "Jobs waiting in the queue.", labels=[])
@@ -44,6 +45,14 @@ class _QueueSnapshot(Collector):
         for (function, outcome), count in sorted(self.outcomes.items()):
             outcomes.add_metric([function, outcome], count)
         yield outcomes
+        moves = CounterMetricFamily(
+            "pdbridge_sink_moves",
+            "Channels that `auto` moved to the notes sink because the Channels API is gone.",
+            labels=[],
+        )
+        if self.sink_moves is not None:
+            moves.add_metric([], self.sink_moves)
+        yield moves
 
 
 class _ApiUsageSnapshot(Collector):

@@ -41,6 +41,11 @@ class Channel:
     pipedrive_channel_id: str | None
     status: str
     created_at: datetime
+    #: `channels`, `notes`, or None (follow PIPEDRIVE_SINK); see service.sinks.
+    sink: str | None = None
+    sink_moved_at: datetime | None = None
+    #: Notes sink: create a Pipedrive person when none matches; None follows the setting.
+    create_persons: bool | None = None
 
     @property
     def source_user_id(self) -> str:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 import msgpack
 import structlog
@@ -98,6 +98,15 @@ class SendPayload(TypedDict):
     conversation_id: int
 
 
+class NotesPayload(TypedDict):
+    """Write a conversation's changed note windows to Pipedrive (the notes sink); `waits`
+    counts the times the flush stood back for the conversation's relay."""
+
+    channel_id: int
+    conversation_id: int
+    waits: NotRequired[int]
+
+
 class PipedriveEventPayload(TypedDict):
     installation_id: int
     company_id: int
@@ -133,6 +142,9 @@ RELAY_CONVERSATION = JobSpec(
 SEND_CONVERSATION = JobSpec(
     "send_conversation", group=lambda p: f"out:{p['channel_id']}:{p['conversation_id']}"
 )
+NOTES_FLUSH = JobSpec(
+    "notes_flush", group=lambda p: f"notes:{p['channel_id']}:{p['conversation_id']}"
+)
 PIPEDRIVE_EVENT = JobSpec("pipedrive_event", key=lambda p: f"in:pipedrive:{p['dedupe_key']}")
 SETUP_INSTALLATION = JobSpec("setup_installation")
 SETUP_SINGLE_COMPANY = JobSpec("setup_single_company", key=lambda p: "setup-single-company")
@@ -146,6 +158,7 @@ DECLARED = {
     for spec in (
         RELAY_CONVERSATION,
         SEND_CONVERSATION,
+        NOTES_FLUSH,
         PIPEDRIVE_EVENT,
         SETUP_INSTALLATION,
         SETUP_SINGLE_COMPANY,
@@ -339,6 +352,17 @@ class Queue:
             ],
         )
         return bool(queued)
+
+    async def busy(self, job: JobSpec, payload: Any) -> bool:
+        """True while the payload's group has a drain queued or running (its mark names a job
+        that still exists)."""
+        if job.group is None:
+            raise TypeError(f"job {job.name!r} is not grouped")
+        current = await self.redis.get(f"{redis_keys.GROUP_MARK}{job.group(payload)}")
+        if current is None:
+            return False
+        job_id = current.decode() if isinstance(current, bytes) else str(current)
+        return bool(await self.redis.exists(f"{job_key_prefix}{job_id}"))
 
     async def begin(self, job: JobSpec, payload: Any) -> None:
         """A drain starts a pass: what was marked so far is about to be read, so the mark goes

@@ -38,3 +38,8 @@ API_LEDGER = "pdbridge:ledger:"
 #: /metrics exposes as counters.
 API_LEDGER_FAMILY_TOKENS = "pdbridge:ledger-family:tokens"
 API_LEDGER_FAMILY_CALLS = "pdbridge:ledger-family:calls"
+#: How many channels `auto` moved from the Channels API to notes (a counter, read by /metrics).
+SINK_MOVES = "pdbridge:metrics:sink-moves"
+#: Notes sink: a customer address matched to a Pipedrive person, `{company}:{kind}:{value}` ->
+#: person id; lives NOTES_MATCH_TTL_SECONDS.
+PERSON_MATCH = "pdbridge:person-match:"

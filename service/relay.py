@@ -21,18 +21,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from service import queue
+from service import queue, sinks
 from service.context import Services
-from service.errors import PermanentError, is_transient
+from service.errors import is_transient
 from service.ingest import conversation_key as ingest_key
 from service.logging import get_logger
 from service.media import MAX_MEDIA_BYTES, new_media_key
 from service.models import Channel, Conversation, Message, Participant, StoredAttachment
-from service.pipedrive import channels as pipedrive_channels
-from service.pipedrive import shapes
 from service.providers.base import Event, InboundMessage, ProviderPermanent, StatusEvent
-from service.store import channels, conversations, dead_letters, deliveries, installations, messages
-from service.store.installations import Installation
+from service.store import channels, conversations, dead_letters, deliveries, messages
 
 log = get_logger(__name__)
 
@@ -43,38 +40,23 @@ BATCH = 100
 DRAIN_SECONDS = 20.0
 
 
-class ChannelInstallationMissing(PermanentError):
-    """A channel whose installation row is gone (it cascades, so only mid-uninstall)."""
-
-
 def source_user(channel: Channel) -> Participant:
     return Participant(channel.source_user_id, channel.account_name or channel.name, "source_user")
-
-
-async def installation_of(svc: Services, channel: Channel) -> Installation:
-    inst = await installations.get(svc.db, channel.installation_id)
-    if inst is None:
-        raise ChannelInstallationMissing(
-            f"channel {channel.provider_channel_id} has no installation"
-        )
-    return inst
 
 
 async def push(
     svc: Services, channel: Channel, conversation: Conversation, message: Message
 ) -> None:
-    """Tell Pipedrive about the message at its stored status (idempotent: an upsert by id)."""
-    await pipedrive_channels.receive(
-        svc.pipedrive,
-        await installation_of(svc, channel),
-        shapes.receive_body(svc, channel, conversation, message),
-    )
+    """Tell Pipedrive about the message at its stored status, through the channel's sink
+    (service.sinks: the Channels API or notes); idempotent either way."""
+    sink = await sinks.push(svc, channel, conversation, message)
     log.info(
         "message.pushed",
         channel=channel.provider_channel_id,
         message_id=message.external_id,
         status=message.status,
         direction=message.direction,
+        sink=sink,
     )
 
 

@@ -118,8 +118,17 @@ class PipedriveClient:
     async def post(self, inst: Installation, path: str, json: Any) -> Any:
         return (await self.request(inst, "POST", path, json=json)).data
 
+    async def put(self, inst: Installation, path: str, json: Any) -> Any:
+        return (await self.request(inst, "PUT", path, json=json)).data
+
     async def delete(self, inst: Installation, path: str) -> Any:
         return (await self.request(inst, "DELETE", path)).data
+
+    def url(self, inst: Installation, path: str) -> str:
+        """The full URL of `path`: under `/api/v1`, or `/api/v2` for a path starting `/v2/`."""
+        if path.startswith("/v2/"):
+            return f"{self.base_url(inst).removesuffix('/v1')}{path}"
+        return f"{self.base_url(inst)}{path}"
 
     async def request(
         self,
@@ -264,7 +273,7 @@ class PipedriveClient:
         )
         started = time.perf_counter()
         response = await self.http.request(
-            method, f"{self.base_url(inst)}{path}", json=json, params=params, headers=headers
+            method, self.url(inst, path), json=json, params=params, headers=headers
         )
         cost = estimated_cost(method, path)
         await self.ledger.record(

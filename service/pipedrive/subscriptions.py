@@ -28,6 +28,8 @@ WANTED: tuple[tuple[str, str], ...] = (
     ("change", "person"),
     ("delete", "person"),
     ("change", "user"),
+    # The notes sink: an agent's `/reply` note is sent to the customer (service.sinks.replies).
+    ("create", "note"),
 )
 
 

@@ -31,6 +31,9 @@ def _row(row: sa.Row[Any], crypto: Crypto) -> Channel:
         pipedrive_channel_id=m["pipedrive_channel_id"],
         status=m["status"],
         created_at=m["created_at"],
+        sink=m["sink"],
+        sink_moved_at=m["sink_moved_at"],
+        create_persons=m["create_persons"],
     )
 
 
@@ -46,6 +49,8 @@ async def create(
     webhook_secret: str | None,
     account_id: str,
     account_name: str,
+    sink: str | None = None,
+    create_persons: bool | None = None,
 ) -> Channel:
     now = utcnow()
     async with db.write(invalidates="channel") as conn:
@@ -59,6 +64,8 @@ async def create(
                 webhook_secret=crypto.encrypt(webhook_secret) if webhook_secret else None,
                 account_id=account_id,
                 account_name=account_name,
+                sink=sink,
+                create_persons=create_persons,
                 status="active",
                 created_at=now,
                 updated_at=now,
@@ -132,3 +139,26 @@ async def remove(db: Database, channel_id: int) -> None:
     """Hard delete of a channel that never got registered (a failed creation)."""
     async with db.write(invalidates="channel") as conn:
         await conn.execute(channels.delete().where(channels.c.id == channel_id))
+
+
+async def set_sink(db: Database, channel_id: int, sink: str | None) -> None:
+    """An operator's choice of sink (None: follow PIPEDRIVE_SINK)."""
+    async with db.write(invalidates="channel") as conn:
+        await conn.execute(
+            channels.update()
+            .where(channels.c.id == channel_id)
+            .values(sink=sink, updated_at=utcnow())
+        )
+
+
+async def move_to_notes(db: Database, channel_id: int) -> bool:
+    """`auto` found the Channels API gone: the channel writes notes from now on. True only for
+    the call that moved it (concurrent relays race here; one of them reports the move)."""
+    now = utcnow()
+    async with db.write(invalidates="channel") as conn:
+        result = await conn.execute(
+            channels.update()
+            .where(channels.c.id == channel_id, channels.c.sink.is_(None))
+            .values(sink="notes", sink_moved_at=now, updated_at=now)
+        )
+        return bool(result.rowcount)

@@ -37,6 +37,10 @@ def _row(row: sa.Row[Any]) -> Message:
     )
 
 
+#: The row mapping for other store modules that join messages.
+row_to_message = _row
+
+
 def _as_json(attachments: Sequence[StoredAttachment]) -> list[dict[str, Any]]:
     return [
         {"id": a.id, "key": a.key, "mime_type": a.mime_type, "name": a.name, "size": a.size}

@@ -184,6 +184,11 @@ channels = sa.Table(
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    #: `channels` or `notes`; null follows PIPEDRIVE_SINK. `sink_moved_at`: when `auto` moved it.
+    sa.Column("sink", sa.String(10), nullable=True),
+    sa.Column("sink_moved_at", UTCDateTime, nullable=True),
+    #: Notes sink: create a person when none matches; null follows NOTES_CREATE_PERSONS.
+    sa.Column("create_persons", sa.Boolean, nullable=True),
     sa.UniqueConstraint("provider_channel_id", name="uq_channels_provider_channel_id"),
 )
 
@@ -287,4 +292,52 @@ installation_api_usage = sa.Table(
     sa.Column("budget_left", sa.BigInteger, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.PrimaryKeyConstraint("company_id", "day", name="pk_installation_api_usage"),
+)
+
+#: Notes sink: one Pipedrive note per conversation and window of time. The row (with its
+#: `marker`, which the note's content carries) is the intent, written before the note is created;
+#: `revision` counts changes to its lines and `written_revision` the last one Pipedrive has.
+note_windows = sa.Table(
+    "note_windows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "conversation_id",
+        sa.Integer,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("company_id", sa.BigInteger, nullable=False),
+    sa.Column("marker", sa.String(64), nullable=False),
+    sa.Column("note_id", sa.BigInteger, nullable=True),
+    sa.Column("person_id", sa.BigInteger, nullable=True),
+    sa.Column("deal_id", sa.BigInteger, nullable=True),
+    sa.Column("deal_checked", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("closes_at", UTCDateTime, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("written_revision", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("post_started_at", UTCDateTime, nullable=True),
+    sa.Column("written_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("marker", name="uq_note_windows_marker"),
+    sa.Index("ix_note_windows_conversation", "conversation_id", "closes_at"),
+    sa.Index("ix_note_windows_company_note", "company_id", "note_id"),
+)
+
+#: Notes sink: which message is a line of which note (a message is a line of one note only).
+note_lines = sa.Table(
+    "note_lines",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "window_id",
+        sa.Integer,
+        sa.ForeignKey("note_windows.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column(
+        "message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.UniqueConstraint("message_id", name="uq_note_lines_message_id"),
+    sa.Index("ix_note_lines_window", "window_id", "id"),
 )

@@ -68,3 +68,37 @@ def test_channels_commands_drive_the_same_lifecycle(
     refused = run("channels", "add", "telegram", "--name", "X", "-c", "bot_token=nonsense")
     assert refused.returncode == 1
     assert b"INVALID_BODY" in refused.stderr
+
+
+def test_channels_add_with_the_notes_sink_and_set_sink(
+    tmp_path: Path, pd: PipedriveStandin, tg: TelegramStandin, embedded_redis: object
+) -> None:
+    """`channels add --sink notes` skips the Channels API registration; `channels set-sink`
+    moves the channel between sinks and shows where it writes now."""
+    env = env_with(
+        REDIS_URL=embedded_redis.url,  # type: ignore[attr-defined]
+        PUBLIC_BASE_URL="https://bridge.example.com",
+        PIPEDRIVE_API_TOKEN=API_TOKEN,
+        PIPEDRIVE_API_URL=pd.base_url,
+        TELEGRAM_API_URL=tg.base_url,
+        LOG_FORMAT="json",
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "service", *args], cwd=tmp_path, env=env, capture_output=True
+        )
+
+    assert run("migrate").returncode == 0
+    added = run(
+        "channels", "add", "telegram", "--name", "Bot", "--sink", "notes",
+        "-c", "bot_token=777003:cli-token",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr.decode()
+    channel = json.loads(added.stdout)
+    assert (channel["sink"], channel["sink_setting"]) == ("notes", "notes")
+    assert pd.channels == []
+    moved = run("channels", "set-sink", channel["provider_channel_id"], "default")
+    assert moved.returncode == 0, moved.stderr.decode()
+    shown = json.loads(moved.stdout)
+    assert (shown["sink"], shown["sink_setting"]) == ("channels", None)

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import sqlalchemy as sa
 
+from service.pipedrive import subscriptions
 from service.pipedrive.errors import InstallationInactive
 from service.store import installations
 from service.store.schema import installations as installations_table
@@ -124,6 +125,7 @@ async def test_setup_registers_v2_webhooks_with_basic_auth(bridge: Bridge) -> No
     await bridge.install()
     hooks = bridge.pd.webhooks
     assert sorted((h["event_object"], h["event_action"]) for h in hooks) == [
+        ("note", "create"),
         ("person", "change"),
         ("person", "delete"),
         ("user", "change"),
@@ -144,7 +146,7 @@ async def test_reconcile_recreates_a_deleted_webhook(bridge: Bridge) -> None:
     )
     await bridge.run_worker()
     hooks = bridge.pd.webhooks
-    assert len(hooks) == 3
+    assert len(hooks) == len(subscriptions.WANTED)
     assert (removed["event_object"], removed["event_action"]) in {
         (h["event_object"], h["event_action"]) for h in hooks
     }
@@ -209,5 +211,5 @@ async def test_single_company_mode_uses_the_personal_token(
         assert api_calls
         assert all(r.headers.get("x-api-token") == API_TOKEN for r in api_calls)
         assert all("authorization" not in r.headers for r in api_calls)
-        assert len(pd.webhooks) == 3
+        assert len(pd.webhooks) == len(subscriptions.WANTED)
         assert not [r for r in pd.requests if r.path == "/oauth/token"]

@@ -103,8 +103,12 @@ Manifest callbacks (messaging doc §2.1, §2.2, §3, §4.2, §4.3)
   ``conversationId``, repeated ``recipientIds[]``, file parts named ``files``). Their answers are
   returned, not recorded: check them with ``response_problems``.
 
-Not modelled: webhook deliveries, the getSenderById / getTemplates calls after registration
-(§4.2 step 3), HEAD checks of expiring links and avatars, the uninstall notice, API v2, the
+CRM (persons search and create, deals, notes, the note webhook, a retired Channels API):
+``tests/standins/pipedrive_crm.py``, mixed in.
+
+Not modelled: webhook deliveries other than notes', the getSenderById / getTemplates calls after
+registration (§4.2 step 3), HEAD checks of expiring links and avatars, the uninstall notice, API v2
+beyond persons and deals, the
 ``exchange_api_token`` grant, the search burst limit and the legacy ``x-daily-requests-left``.
 """
 
@@ -136,6 +140,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from tests.standins.pipedrive_crm import CrmMixin
 from tests.standins.server import Served, ServerThread
 
 if TYPE_CHECKING:
@@ -878,7 +883,7 @@ Handler: TypeAlias = "Callable[[RecordedRequest, Mapping[str, Any]], Response]"
 ApiHandler: TypeAlias = "Callable[[RecordedRequest, Mapping[str, Any], _Caller], Response]"
 
 
-class PipedriveStandin(Served):
+class PipedriveStandin(CrmMixin, Served):
     """The stand-in server. Use as a context manager, or call ``start()`` and ``stop()``."""
 
     def __init__(
@@ -941,6 +946,7 @@ class PipedriveStandin(Served):
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
 
+        self._crm_init()
         self._add_user(company_id, user_id, is_admin=True, company_domain=company_domain)
         if api_token is not None:
             self._api_tokens[api_token] = (company_id, user_id)
@@ -1306,6 +1312,7 @@ class PipedriveStandin(Served):
             ("POST", "/v1/channels/messages/receive", self._receive_message, 10, MESSAGING),
             ("DELETE", channel, self._delete_channel, 6, MESSAGING),
             ("DELETE", conversation, self._delete_conversation, 6, MESSAGING),
+            *self._crm_routes(),  # persons, deals, notes: tests/standins/pipedrive_crm.py
         ]
         routes = [
             Route("/oauth/authorize", self._endpoint(self._authorize), methods=["GET"]),
@@ -1319,6 +1326,7 @@ class PipedriveStandin(Served):
             unknown = self._endpoint(self._api(self._unknown_path, 0, None))
             any_method = ["GET", "POST", "PUT", "PATCH", "DELETE"]
             routes.append(Route(prefix + "/v1/{rest:path}", unknown, methods=any_method))
+            routes.append(Route(prefix + "/v2/{rest:path}", unknown, methods=any_method))
         return routes
 
     def _endpoint(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
