@@ -31,7 +31,15 @@ from service.models import Channel, Conversation, Message, Participant, StoredAt
 from service.pipedrive import channels as pipedrive_channels
 from service.pipedrive import shapes
 from service.providers.base import Event, InboundMessage, ProviderPermanent, StatusEvent
-from service.store import channels, conversations, dead_letters, deliveries, installations, messages
+from service.store import (
+    channels,
+    conversations,
+    dead_letters,
+    deliveries,
+    erasures,
+    installations,
+    messages,
+)
 from service.store.installations import Installation
 
 log = get_logger(__name__)
@@ -128,6 +136,11 @@ async def _relay_batch(
         except Exception as error:  # noqa: BLE001 -- any unreadable delivery is set aside
             await _set_aside(svc, channel, row, conversation_key, error)
     inbound = [e for _, events in parsed for e in events if isinstance(e, InboundMessage)]
+    erased = await erasures.erased_among(svc.db, channel.id, [e.message_id for e in inbound])
+    if erased:  # erased history stays erased, whatever key a late copy comes under
+        parsed = [(row, [e for e in events if not _erased(e, erased)]) for row, events in parsed]
+        inbound = [e for e in inbound if e.message_id not in erased]
+        log.info("relay.erased_dropped", channel=channel.provider_channel_id, messages=len(erased))
     stored = await _store_messages(svc, channel, inbound) if inbound else {}
     done: list[int] = []
     pushed: list[tuple[int, str]] = []
@@ -159,6 +172,10 @@ async def _relay_batch(
         done.append(row["id"])
     await deliveries.mark_relayed(svc.db, done, pushed)
     return relayed + len(done)
+
+
+def _erased(event: Event, erased: set[str]) -> bool:
+    return isinstance(event, InboundMessage) and event.message_id in erased
 
 
 async def _store_messages(
