@@ -40,7 +40,7 @@ from service.store.schema import (
 log = get_logger(__name__)
 
 #: Rows per statement, and statements per kind in one run.
-BATCH = 2000
+BATCH = 5000
 MAX_BATCHES = 500
 #: Delivery statuses that are over: relayed, dropped (channel gone), erased.
 FINISHED_DELIVERIES = ("done", "dropped", "erased")
@@ -170,7 +170,6 @@ async def _prune_messages(
     query = (
         sa.select(messages.c.id, messages.c.attachments)
         .where(messages.c.created_at < older_than, _delivered())
-        .order_by(messages.c.id)
         .limit(BATCH)
     )
     for _ in range(MAX_BATCHES):
@@ -200,7 +199,6 @@ async def _prune_media(db: Database, media: MediaStore, older_than: datetime) ->
             _delivered(),
             sa.cast(messages.c.attachments, sa.Text) != "[]",
         )
-        .order_by(messages.c.id)
         .limit(BATCH)
     )
     for _ in range(MAX_BATCHES):
