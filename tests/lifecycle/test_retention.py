@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from service import retention
+from service.config import ConfigError, load_settings
 from service.media import LocalMediaStore
 from service.store import Database
 from service.store.schema import (
@@ -245,3 +246,24 @@ async def test_storage_after_100k_messages_is_bounded_by_the_settings(
     assert await count(db, conversations) == CONVERSATIONS  # each still has recent messages
     again = await retention.prune(db, media, policy, now=now)
     assert (again.messages, again.media_files, again.deliveries) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "ninety", "1.5"])
+def test_a_bad_retention_period_stops_the_service_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """RETENTION_* take whole days from 1 up; anything else is refused at start, by name."""
+    monkeypatch.setenv("RETENTION_MEDIA_DAYS", value)
+    with pytest.raises(ConfigError, match="RETENTION_MEDIA_DAYS"):
+        load_settings()
+
+
+def test_retention_defaults_are_the_documented_ones() -> None:
+    """The defaults README's Configuration table gives."""
+    policy = retention.Policy.from_settings(make_settings())
+    assert (policy.payloads, policy.messages, policy.media, policy.dead_letters) == (
+        timedelta(days=14),
+        timedelta(days=90),
+        timedelta(days=30),
+        timedelta(days=30),
+    )
