@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
+from jobs import maintenance
 from service.store import dead_letters, deliveries, installations, messages
 from service.store.schema import channels as channels_table
 from service.store.schema import installations as installations_table
@@ -155,3 +156,18 @@ async def test_a_failed_delete_webhook_is_retried_until_it_goes_through(stack: S
         row = (await conn.execute(query)).one()._mapping
     assert row["credentials"] == ""
     assert await dead_letters.list_all(stack.bridge.services.db) == []
+
+
+async def test_an_unhook_lost_with_redis_is_queued_again_by_the_hourly_job(stack: Stack) -> None:
+    """An unhook job lost with Redis's data is queued again by the hourly maintenance job, which
+    then takes the webhook down; a run with nothing left to do queues nothing."""
+    await stack.add_channel()
+    await uninstall_notice(stack)
+    await stack.bridge.services.queue.redis.flushdb()  # the queued unhook is gone
+    await stack.run_worker()
+    assert stack.tg.webhook is not None
+    ctx = {"services": stack.bridge.services}
+    assert (await maintenance.prune_storage(ctx))["unhooks_queued"] == 1
+    await stack.run_worker()
+    assert stack.tg.webhook is None
+    assert (await maintenance.prune_storage(ctx))["unhooks_queued"] == 0
