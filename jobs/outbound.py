@@ -6,11 +6,8 @@ from typing import Any
 
 from service import outbox, queue, uninstall
 from service.context import Services
-from service.logging import get_logger
 from service.queue import JobContext
 from service.store import channels
-
-log = get_logger(__name__)
 
 
 def _last_try(ctx: JobContext) -> bool:

@@ -3,11 +3,12 @@
 Four periods, from the settings (README, Configuration): recorded webhook bodies once handled
 (`RETENTION_PAYLOAD_DAYS`; their rows carry the dedupe keys, so this is also how long a
 provider's redelivery is recognised, and erasure tombstones are kept as long), messages once
-delivered and told to Pipedrive (`RETENTION_MESSAGE_DAYS`; a conversation left without messages
-goes with them), re-hosted media files (`RETENTION_MEDIA_DAYS`; the message stays, without its
-attachments) and dead letters once replayed (`RETENTION_DEAD_LETTER_DAYS`). What is not yet
-delivered is never pruned: a delivery still to relay, a reply still to send or to report, a
-dead letter never replayed (nor the delivery it set aside).
+delivered and told to Pipedrive (`RETENTION_MESSAGE_DAYS`; a conversation idle that long and
+left without messages goes too, with its person links), re-hosted media files
+(`RETENTION_MEDIA_DAYS`; the message stays, without its attachments) and dead letters once
+replayed (`RETENTION_DEAD_LETTER_DAYS`). What is not yet delivered is never pruned: a delivery
+still to relay, a reply still to send or to report, a dead letter never replayed (nor the
+delivery it set aside).
 
 Each statement touches at most `BATCH` rows in its own transaction, so the pruning never holds
 SQLite's single writer for long and never locks a large range on PostgreSQL; one run does at most
@@ -28,12 +29,14 @@ from service.logging import get_logger
 from service.media import MediaStore
 from service.store import Database
 from service.store.erasures import media_keys
+from service.store.person_links import CONVERSATION
 from service.store.schema import (
     conversations,
     dead_letters,
     erased_messages,
     inbound_deliveries,
     messages,
+    person_links,
     utcnow,
 )
 
@@ -129,18 +132,12 @@ async def prune(
                 dead_letters.c.replayed_at < now - policy.dead_letters,
             ),
         ),
-        (
-            "conversations",
-            conversations,
-            sa.and_(
-                conversations.c.last_activity_at < now - policy.messages,
-                ~sa.exists().where(messages.c.conversation_id == conversations.c.id),
-            ),
-        ),
     ):
         count, done = await _delete_batches(db, table, condition)
         setattr(result, kind, count)
         result.finished &= done
+    result.conversations, done = await _prune_conversations(db, now - policy.messages)
+    result.finished &= done
     log.info("retention.pruned", **result.as_log())
     return result
 
@@ -158,6 +155,38 @@ async def _delete_batches(
             )
         total += deleted
         if deleted < BATCH:
+            return total, True
+    return total, False
+
+
+async def _prune_conversations(db: Database, idle_since: datetime) -> tuple[int, bool]:
+    """Conversations idle since before `idle_since` with no message left, with the person links
+    that name them (a link holds the chat's address)."""
+    total = 0
+    query = (
+        sa.select(conversations.c.id, conversations.c.channel_id, conversations.c.external_id)
+        .where(
+            conversations.c.last_activity_at < idle_since,
+            ~sa.exists().where(messages.c.conversation_id == conversations.c.id),
+        )
+        .limit(BATCH)
+    )
+    for _ in range(MAX_BATCHES):
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if rows:
+            keys = [f"{channel_id}:{external_id}" for _, channel_id, external_id in rows]
+            async with db.write() as conn:
+                await conn.execute(
+                    person_links.delete().where(
+                        person_links.c.ref_kind == CONVERSATION, person_links.c.ref_id.in_(keys)
+                    )
+                )
+                await conn.execute(
+                    conversations.delete().where(conversations.c.id.in_([r[0] for r in rows]))
+                )
+        total += len(rows)
+        if len(rows) < BATCH:
             return total, True
     return total, False
 

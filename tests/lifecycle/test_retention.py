@@ -22,6 +22,7 @@ from service.store.schema import (
     inbound_deliveries,
     installations,
     messages,
+    person_links,
     utcnow,
 )
 from tests.conftest import make_settings
@@ -113,6 +114,25 @@ async def seed(db: Database, media: LocalMediaStore, now: datetime) -> int:
             for n in range(CONVERSATIONS)
         ]
         assert conversation_ids == list(range(conversation_ids[0], conversation_ids[0] + 50))
+        await conn.execute(  # idle for long, its messages pruned before: goes with its link
+            conversations.insert().values(
+                channel_id=channel_id,
+                external_id="idle",
+                address="idle",
+                status="open",
+                last_activity_at=now - timedelta(days=DAYS),
+                created_at=now - timedelta(days=DAYS),
+            )
+        )
+        await conn.execute(
+            person_links.insert().values(
+                company_id=1,
+                person_id=7,
+                ref_kind="conversation",
+                ref_id=f"{channel_id}:idle",
+                updated_at=now,
+            )
+        )
         i = repeats.c.k * DAYS + ages.c.d
         is_waiting = i % WAITING_EVERY == 0
         outbound = i % 2 == 0
@@ -244,6 +264,8 @@ async def test_storage_after_100k_messages_is_bounded_by_the_settings(
         replayed = (await conn.execute(sa.select(dead_letters.c.replayed_at))).scalars().all()
     assert sorted(r is None for r in replayed) == [False, True]  # the unreplayed and the recent
     assert await count(db, conversations) == CONVERSATIONS  # each still has recent messages
+    assert pruned.conversations == 1  # the idle one
+    assert await count(db, person_links) == 0
     again = await retention.prune(db, media, policy, now=now)
     assert (again.messages, again.media_files, again.deliveries) == (0, 0, 0)
 
