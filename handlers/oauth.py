@@ -21,10 +21,10 @@ from handlers.basic_auth import basic_credentials, matches
 from service import queue
 from service.crypto import BadSignature
 from service.logging import get_logger
-from service.pipedrive import subscriptions
 from service.pipedrive.errors import InvalidGrant, OAuthError, PipedriveError
 from service.store import installations
 from service.store.installations import code_hash
+from service.uninstall import uninstall_company
 
 log = get_logger(__name__)
 
@@ -109,7 +109,8 @@ async def _exchange(request: Request, code: str) -> installations.Installation:
 
 
 async def uninstall(request: Request) -> Response:
-    """Pipedrive's uninstall notice: mark the installation uninstalled (idempotently)."""
+    """Pipedrive's uninstall notice: the company's installations and channels stop, tokens and
+    provider webhooks go (service/uninstall.py; idempotent)."""
     svc = services(request)
     settings = svc.settings
     secret = settings.pipedrive_client_secret
@@ -127,11 +128,8 @@ async def uninstall(request: Request) -> Response:
     if inst is None:
         log.info("oauth.uninstall_unknown", company_id=company_id, user_id=user_id)
         return JSONResponse({"status": "unknown"})
-    changed = await installations.set_status(
-        svc.db, inst.id, "uninstalled", "uninstalled in Pipedrive"
-    )
-    await subscriptions.forget(svc, inst)
-    log.info("oauth.uninstalled", installation=inst.key, first_notice=changed)
+    done = await uninstall_company(svc, inst.company_id)
+    log.info("oauth.uninstalled", installation=inst.key, channels=done.channels)
     return JSONResponse({"status": "uninstalled"})
 
 

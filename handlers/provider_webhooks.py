@@ -29,10 +29,18 @@ async def receive(request: Request) -> Response:
     provider = request.path_params["provider"]
     provider_channel_id = request.path_params["provider_channel_id"]
     try:
-        channel = await channels.get(svc.db, svc.crypto, provider_channel_id)
+        channel = await channels.get(svc.db, svc.crypto, provider_channel_id, include_deleted=True)
     except (SQLAlchemyError, OSError) as error:
         log.error("provider_webhook.store_unavailable", provider=provider, error=str(error))
         return error_response(503, "UNAVAILABLE", "try again later")
+    if channel is not None and channel.status == "uninstalled" and channel.provider == provider:
+        # The app was uninstalled: the provider may call until our unhook job reaches it (or
+        # for ever, where the webhook is set by hand). Acknowledge so it stops retrying, and drop:
+        # nothing is read, recorded or queued, so there is nothing to authenticate.
+        log.info("provider_webhook.dropped", provider=provider, channel=provider_channel_id)
+        return _acknowledge(provider)
+    if channel is not None and channel.status != "active":
+        channel = None
     if provider not in PROVIDERS or channel is None or channel.provider != provider:
         return error_response(404, "NOT_FOUND", "no such channel")
     adapter = svc.adapter(provider)
@@ -72,6 +80,10 @@ async def receive(request: Request) -> Response:
         deliveries=len(found),
         new=sum(fresh[: len(found)]),
     )
+    return _acknowledge(provider)
+
+
+def _acknowledge(provider: str) -> Response:
     if provider == "twilio":  # Twilio expects TwiML; an empty Response sends no reply
         return Response("<Response></Response>", media_type="text/xml")
     return Response(status_code=200)

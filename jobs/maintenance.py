@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from service import ingest, queue
+from service import erasure, ingest, queue, retention, uninstall
 from service.config import redact
 from service.context import Services
 from service.logging import get_logger
 from service.queue import JobContext
-from service.store import dead_letters, deliveries, messages
+from service.store import deliveries, messages
 from service.store.schema import utcnow
 
 log = get_logger(__name__)
 
-#: Replayed dead letters are kept this long for the record, then removed.
-REPLAYED_RETENTION = timedelta(days=30)
+
+async def prune_storage(ctx: JobContext) -> dict[str, Any]:
+    """Hourly: prune what the retention settings no longer keep (service/retention.py), and
+    queue again the unhook of uninstalled channels whose job did not get through."""
+    svc: Services = ctx["services"]
+    pruned = await retention.prune(svc.db, svc.media, retention.Policy.from_settings(svc.settings))
+    unhooks = await uninstall.resume(svc)
+    return {**pruned.as_log(), "unhooks_queued": unhooks}
 
 
-async def prune_dead_letters(ctx: JobContext) -> int:
-    """Remove dead letters replayed more than 30 days ago; never-replayed ones are kept."""
-    removed = await dead_letters.prune_replayed(ctx["db"], utcnow() - REPLAYED_RETENTION)
-    log.info("maintenance.dead_letters_pruned", removed=removed)
-    return removed
+async def erase_due_persons(ctx: JobContext) -> int:
+    """Every minute: the person erasures whose grace has passed (service/erasure.py)."""
+    return await erasure.erase_due_persons(ctx["services"])
 
 
 #: Work recorded but not done for this long is queued again by the sweeper (a drain that is

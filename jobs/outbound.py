@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service import outbox, queue
+from service import outbox, queue, uninstall
 from service.context import Services
-from service.logging import get_logger
-from service.providers.base import ProviderError
 from service.queue import JobContext
 from service.store import channels
-
-log = get_logger(__name__)
 
 
 def _last_try(ctx: JobContext) -> bool:
@@ -32,16 +28,10 @@ async def deliver_outbound(ctx: JobContext, payload: dict[str, Any]) -> str:
 
 
 async def remove_provider_webhook(ctx: JobContext, payload: queue.ChannelPayload) -> bool:
-    """After Pipedrive deleted a channel: stop the provider sending us its updates."""
+    """After Pipedrive deleted a channel, or the app was uninstalled: stop the provider sending
+    us its updates, then delete the channel's credentials (see `service.uninstall.unhook`)."""
     svc: Services = ctx["services"]
     channel = await channels.get_by_id(svc.db, svc.crypto, int(payload["channel_id"]))
     if channel is None:
         return False
-    try:
-        await svc.adapter(channel.provider).remove_webhook(channel)
-    except ProviderError as error:
-        log.warning(
-            "channel.webhook_not_removed", channel=channel.provider_channel_id, error=str(error)
-        )
-        raise
-    return True
+    return await uninstall.unhook(svc, channel)

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from service import erasure
 from service.context import Services
 from service.logging import get_logger
 from service.pipedrive.webhooks import PipedriveEvent
@@ -78,6 +79,18 @@ async def follow_person_merges(svc: Services, inst: Installation, event: Pipedri
         svc.db, company_id=event.company_id, from_person=source, to_person=target
     )
     log.info("person.merged", merged_away=source, survivor=target, links_moved=moved)
+
+
+@on("person", "change", "delete")
+async def erase_deleted_persons(svc: Services, inst: Installation, event: PipedriveEvent) -> None:
+    """A person deleted in Pipedrive takes its linked conversations with it (service/erasure.py:
+    v2 at once, v1 after a grace that lets a merge explain it); a merge calls that off."""
+    if event.action == "change" and event.merged_from_id:
+        await erasure.person_merged(svc, event.company_id, int(event.merged_from_id))
+    elif event.action == "delete" and not event.merged_to_id and event.entity_id.isdigit():
+        await erasure.person_deleted(
+            svc, event.company_id, int(event.entity_id), version=event.version
+        )
 
 
 @on("user", "change", "delete")

@@ -71,7 +71,8 @@ def build_worker(
         redis_url=settings.redis_url,
         functions=[*FUNCTIONS, *extra_functions],
         cron_jobs=[
-            queue.cron_job(maintenance.prune_dead_letters, minute={17}, hour={3}),
+            queue.cron_job(maintenance.prune_storage, minute={17}, hour=None),
+            queue.cron_job(maintenance.erase_due_persons, minute=None, hour=None),
             queue.cron_job(maintenance.sweep_stuck_deliveries, minute=None, hour=None),
             queue.cron_job(installations.reconcile_webhooks, minute={41}, hour=None),
             queue.cron_job(backfill.backfill, minute=set(range(2, 60, 5)), hour=None),

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from service import sinks
+from service import erasure, sinks
 from service.context import Services
 from service.logging import get_logger
 from service.models import Channel
@@ -201,7 +201,8 @@ async def remove(services: Services, channel: Channel, *, at_pipedrive: bool) ->
 
 
 async def delete_conversation(services: Services, channel: Channel, conversation_id: str) -> None:
-    """Delete one conversation in Pipedrive with the channel owner's token, then close it here."""
+    """Delete one conversation in Pipedrive with the channel owner's token, then erase it here
+    (messages, media, the webhook bodies it came from: service/erasure.py)."""
     conversation = await conversations.get(services.db, channel.id, conversation_id)
     if conversation is None:
         raise ChannelError(404, "NOT_FOUND", f"no conversation {conversation_id}")
@@ -219,4 +220,4 @@ async def delete_conversation(services: Services, channel: Channel, conversation
         ) from None
     except PipedriveError as error:
         raise ChannelError(502, "PIPEDRIVE_UNAVAILABLE", str(error)) from None
-    await conversations.close(services.db, conversation.id)
+    await erasure.erase_conversation(services, conversation.id)

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     telegram_api_url: str = "https://api.telegram.org"
     whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
     twilio_api_url: str = "https://api.twilio.com"
+    #: Retention, in days (service/retention.py): recorded webhook bodies (and the dedupe keys
+    #: and erasure tombstones they carry), delivered messages, re-hosted media files, and dead
+    #: letters once replayed. Nothing that is not yet delivered is pruned.
+    retention_payload_days: int = Field(default=14, ge=1, le=36500)
+    retention_message_days: int = Field(default=90, ge=1, le=36500)
+    retention_media_days: int = Field(default=30, ge=1, le=36500)
+    retention_dead_letter_days: int = Field(default=30, ge=1, le=36500)
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 

@@ -29,7 +29,14 @@ from service.logging import get_logger
 from service.media import MAX_MEDIA_BYTES, new_media_key
 from service.models import Channel, Conversation, Message, Participant, StoredAttachment
 from service.providers.base import Event, InboundMessage, ProviderPermanent, StatusEvent
-from service.store import channels, conversations, dead_letters, deliveries, messages
+from service.store import (
+    channels,
+    conversations,
+    dead_letters,
+    deliveries,
+    erasures,
+    messages,
+)
 
 log = get_logger(__name__)
 
@@ -110,6 +117,11 @@ async def _relay_batch(
         except Exception as error:  # noqa: BLE001 -- any unreadable delivery is set aside
             await _set_aside(svc, channel, row, conversation_key, error)
     inbound = [e for _, events in parsed for e in events if isinstance(e, InboundMessage)]
+    erased = await erasures.erased_among(svc.db, channel.id, [e.message_id for e in inbound])
+    if erased:  # erased history stays erased, whatever key a late copy comes under
+        parsed = [(row, [e for e in events if not _erased(e, erased)]) for row, events in parsed]
+        inbound = [e for e in inbound if e.message_id not in erased]
+        log.info("relay.erased_dropped", channel=channel.provider_channel_id, messages=len(erased))
     stored = await _store_messages(svc, channel, inbound) if inbound else {}
     done: list[int] = []
     pushed: list[tuple[int, str]] = []
@@ -141,6 +153,10 @@ async def _relay_batch(
         done.append(row["id"])
     await deliveries.mark_relayed(svc.db, done, pushed)
     return relayed + len(done)
+
+
+def _erased(event: Event, erased: set[str]) -> bool:
+    return isinstance(event, InboundMessage) and event.message_id in erased
 
 
 async def _store_messages(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from jobs import maintenance
-from service import ingest
+from service import ingest, retention
 from service import queue as queue_module
 from service.context import Services
+from service.media import LocalMediaStore
 from service.queue import JobContext
 from service.store import dead_letters, deliveries
 from service.store.schema import dead_letters as dead_letters_table
@@ -52,7 +54,9 @@ async def test_a_fresh_delivery_is_left_to_its_own_job(services: Services) -> No
     assert ingest.job_key("pipedrive", "k2") == "in:pipedrive:k2"
 
 
-async def test_old_replayed_dead_letters_are_pruned_and_others_kept(services: Services) -> None:
+async def test_old_replayed_dead_letters_are_pruned_and_others_kept(
+    services: Services, tmp_path: Path
+) -> None:
     """Dead letters replayed over 30 days ago go; unreplayed ones stay whatever their age."""
     for kind in ("old-replayed", "recent-replayed", "never-replayed"):
         await dead_letters.record(
@@ -74,7 +78,10 @@ async def test_old_replayed_dead_letters_are_pruned_and_others_kept(services: Se
             .where(dead_letters_table.c.kind == "never-replayed")
             .values(created_at=utcnow() - timedelta(days=400))
         )
-    assert await maintenance.prune_dead_letters({"db": services.db}) == 1
+    policy = retention.Policy.from_settings(services.settings)
+    assert policy.dead_letters == timedelta(days=30)
+    pruned = await retention.prune(services.db, LocalMediaStore(tmp_path), policy)
+    assert pruned.dead_letters == 1
     async with services.db.engine.connect() as conn:
         kinds = set((await conn.execute(sa.select(dead_letters_table.c.kind))).scalars())
     assert kinds == {"recent-replayed", "never-replayed"}

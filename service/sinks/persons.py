@@ -29,7 +29,14 @@ from service.store.installations import Installation
 
 log = get_logger(__name__)
 
-CONVERSATION_REF = "conversation"
+CONVERSATION_REF = person_links.CONVERSATION
+
+
+def conversation_ref(conversation: Conversation) -> str:
+    """The `ref_id` of a conversation's person link (`person_links.link_conversation`)."""
+    return f"{conversation.channel_id}:{conversation.external_id}"
+
+
 TELEGRAM_REF = "telegram"
 
 
@@ -81,7 +88,10 @@ class PersonMatcher:
         """The conversation's person, found or created once; None when none may be created."""
         db = self.svc.db
         linked = await person_links.person_for(
-            db, company_id=self.company_id, ref_kind=CONVERSATION_REF, ref_id=str(conversation.id)
+            db,
+            company_id=self.company_id,
+            ref_kind=CONVERSATION_REF,
+            ref_id=conversation_ref(conversation),
         )
         if linked is not None:
             return linked
@@ -90,12 +100,12 @@ class PersonMatcher:
             person_id = await self._create(conversation)
         if person_id is None:
             return None
-        await person_links.link(
+        await person_links.link_conversation(
             db,
             company_id=self.company_id,
             person_id=person_id,
-            ref_kind=CONVERSATION_REF,
-            ref_id=str(conversation.id),
+            channel_id=conversation.channel_id,
+            conversation_id=conversation.external_id,
         )
         end_user = _end_user_id(conversation)
         if self.channel.provider == "telegram" and end_user is not None:

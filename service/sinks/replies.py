@@ -59,7 +59,10 @@ async def _latest_conversation(
                 person_links,
                 sa.and_(
                     person_links.c.ref_kind == CONVERSATION_REF,
-                    person_links.c.ref_id == sa.cast(conversations_table.c.id, sa.String),
+                    person_links.c.ref_id
+                    == sa.cast(conversations_table.c.channel_id, sa.String)
+                    + ":"
+                    + conversations_table.c.external_id,
                 ),
             )
             .where(person_links.c.company_id == company_id, person_links.c.person_id == person_id)

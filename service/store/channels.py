@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from service.crypto import Crypto
 from service.models import Channel
 from service.store.engine import Database
-from service.store.schema import channels, utcnow
+from service.store.schema import channels, inbound_deliveries, messages, utcnow
 
 #: Our provider_channel_id is a UUID; the column holds 64 characters.
 MAX_PUBLIC_ID = 64
@@ -24,7 +24,8 @@ def _row(row: sa.Row[Any], crypto: Crypto) -> Channel:
         provider=m["provider"],
         installation_id=m["installation_id"],
         name=m["name"],
-        credentials=json.loads(crypto.decrypt(m["credentials"])),
+        # An empty column: the credentials were deleted (uninstalled, and unhooked at the provider).
+        credentials=json.loads(crypto.decrypt(m["credentials"])) if m["credentials"] else {},
         webhook_secret=crypto.decrypt(m["webhook_secret"]) if m["webhook_secret"] else None,
         account_id=m["account_id"],
         account_name=m["account_name"],
@@ -162,3 +163,83 @@ async def move_to_notes(db: Database, channel_id: int) -> bool:
             .values(sink="notes", sink_moved_at=now, updated_at=now)
         )
         return bool(result.rowcount)
+
+
+#: Outgoing statuses that still wait for the provider (store.messages.UNSENT).
+_UNSENT = ("pending", "sending")
+
+
+async def deactivate_for_installations(
+    db: Database, installation_ids: list[int]
+) -> list[tuple[int, str]]:
+    """Uninstall: the installations' active channels become `uninstalled`, in one transaction
+    with their waiting work, so that jobs already queued for them find nothing to do: inbound
+    deliveries not relayed yet are `dropped`, outgoing messages not sent yet are `failed` (and
+    counted as told: there is no token left to tell Pipedrive with). Returns (id, public id)."""
+    if not installation_ids:
+        return []
+    now = utcnow()
+    async with db.write(invalidates="channel") as conn:
+        rows = (
+            await conn.execute(
+                channels.update()
+                .where(
+                    channels.c.installation_id.in_(installation_ids),
+                    channels.c.status == "active",
+                )
+                .values(status="uninstalled", updated_at=now)
+                .returning(channels.c.id, channels.c.provider_channel_id)
+            )
+        ).all()
+        found = [(int(i), str(p)) for i, p in rows]
+        for channel_id, _ in found:
+            await conn.execute(
+                inbound_deliveries.update()
+                .where(
+                    inbound_deliveries.c.conversation_key.like(f"{channel_id}:%"),
+                    inbound_deliveries.c.status.in_(("received", "enqueued")),
+                )
+                .values(status="dropped", updated_at=now)
+            )
+        if found:
+            await conn.execute(
+                messages.update()
+                .where(
+                    messages.c.channel_id.in_([i for i, _ in found]),
+                    messages.c.direction == "out",
+                    messages.c.status.in_(_UNSENT),
+                )
+                .values(
+                    status="failed",
+                    pushed_status="failed",
+                    error="the app was uninstalled",
+                    updated_at=now,
+                )
+            )
+    return sorted(found)
+
+
+async def forget_credentials(db: Database, channel_id: int) -> bool:
+    """Delete a removed channel's provider credentials and webhook secret (after its webhook was
+    taken down at the provider); False when it is active or they were gone already."""
+    async with db.write(invalidates="channel") as conn:
+        result = await conn.execute(
+            channels.update()
+            .where(
+                channels.c.id == channel_id,
+                channels.c.status != "active",
+                channels.c.credentials != "",
+            )
+            .values(credentials="", webhook_secret=None, updated_at=utcnow())
+        )
+        return bool(result.rowcount)
+
+
+async def still_hooked(db: Database, crypto: Crypto) -> list[Channel]:
+    """Uninstalled channels whose credentials are still stored: their unhook job has not
+    succeeded yet (the maintenance job queues it again)."""
+    query = sa.select(channels).where(
+        channels.c.status == "uninstalled", channels.c.credentials != ""
+    )
+    async with db.engine.connect() as conn:
+        return [_row(r, crypto) for r in await conn.execute(query)]

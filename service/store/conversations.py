@@ -214,12 +214,3 @@ async def find_participant(db: Database, channel_id: int, external_id: str) -> P
     async with db.engine.connect() as conn:
         row = (await conn.execute(query)).first()
     return _participant(row) if row else None
-
-
-async def close(db: Database, conversation_id: int) -> None:
-    async with db.write() as conn:
-        await conn.execute(
-            conversations.update()
-            .where(conversations.c.id == conversation_id)
-            .values(status="closed")
-        )

@@ -302,3 +302,26 @@ async def set_webhook_credentials(
                 webhook_user=user, webhook_password=crypto.encrypt(password), updated_at=utcnow()
             )
         )
+
+
+async def uninstall(db: Database, installation_ids: list[int], reason: str) -> int:
+    """Mark the installations uninstalled and delete their Pipedrive tokens (the webhook pair
+    stays: it authenticates Pipedrive's late deliveries, which are then acknowledged and
+    ignored). Returns how many were active or awaiting re-authorization until now."""
+    if not installation_ids:
+        return 0
+    async with db.write(invalidates="installation") as conn:
+        changed = await conn.execute(
+            installations.update()
+            .where(
+                installations.c.id.in_(installation_ids),
+                installations.c.status != "uninstalled",
+            )
+            .values(status="uninstalled", status_reason=reason, updated_at=utcnow())
+        )
+        await conn.execute(
+            installations.update()
+            .where(installations.c.id.in_(installation_ids))
+            .values(access_token=None, refresh_token=None, expires_at=None)
+        )
+        return int(changed.rowcount)

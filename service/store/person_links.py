@@ -65,3 +65,22 @@ async def unlink_person(db: Database, *, company_id: int, person_id: int) -> int
             )
         )
         return int(result.rowcount)
+
+
+#: The link kind of a conversation; its `ref_id` is "<channel row id>:<conversation id>", the
+#: conversation's delivery key (`ingest.conversation_key`). A person deleted in Pipedrive erases
+#: the conversations linked to it (service/erasure.py).
+CONVERSATION = "conversation"
+
+
+async def link_conversation(
+    db: Database, *, company_id: int, person_id: int, channel_id: int, conversation_id: str
+) -> None:
+    """Link a conversation (by its channel's row id and our conversation id) to a person."""
+    await link(
+        db,
+        company_id=company_id,
+        person_id=person_id,
+        ref_kind=CONVERSATION,
+        ref_id=f"{channel_id}:{conversation_id}",
+    )

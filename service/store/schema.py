@@ -259,6 +259,7 @@ messages = sa.Table(
     sa.UniqueConstraint("channel_id", "external_id", name="uq_messages_channel_external"),
     sa.Index("ix_messages_conversation_id", "conversation_id", "id"),
     sa.Index("ix_messages_outbox", "direction", "status", "updated_at"),
+    sa.Index("ix_messages_created_at", "created_at"),
 )
 
 #: The provider messages an outgoing message went out as (a long text is split, files go one
@@ -340,4 +341,32 @@ note_lines = sa.Table(
     ),
     sa.UniqueConstraint("message_id", name="uq_note_lines_message_id"),
     sa.Index("ix_note_lines_window", "window_id", "id"),
+)
+
+#: Tombstones of erased messages (a conversation deleted in Pipedrive, a deleted person): a
+#: provider's late redelivery of one of them is dropped instead of bringing the history back.
+#: Pruned with the delivery records, after `RETENTION_PAYLOAD_DAYS` (the dedupe window).
+erased_messages = sa.Table(
+    "erased_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("channel_id", sa.Integer, nullable=False),
+    sa.Column("external_id", sa.String(200), nullable=False),
+    sa.Column("erased_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("channel_id", "external_id", name="uq_erased_messages_channel_id"),
+    sa.Index("ix_erased_messages_erased_at", "erased_at"),
+)
+
+#: A person deleted in Pipedrive (v1 `deleted.person`) whose conversations are erased once
+#: `due_at` passes, unless a merge moved the person's links to the survivor meanwhile: v1 sends a
+#: merge as `deleted` for the merged-away person, possibly before the `merged` that explains it.
+person_erasures = sa.Table(
+    "person_erasures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("company_id", sa.BigInteger, nullable=False),
+    sa.Column("person_id", sa.BigInteger, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("company_id", "person_id", name="uq_person_erasures_company_id"),
+    sa.Index("ix_person_erasures_due_at", "due_at"),
 )
