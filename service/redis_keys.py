@@ -29,3 +29,7 @@ TEMPLATES = "pdbridge:templates:"
 BACKFILL_MARK = "pdbridge:backfill:"
 #: Statuses that arrived before their message's provider id was stored (a list, short-lived).
 EARLY_STATUS = "pdbridge:early-status:"
+#: An install `state` once a callback used it, holding that callback's code hash (replays refused).
+OAUTH_STATE_USED = "pdbridge:oauth-state:"
+#: Per client IP: token exchanges for codes we did not know, in the current minute.
+OAUTH_EXCHANGES = "pdbridge:oauth-exchanges:"

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import httpx2
 
@@ -154,8 +155,11 @@ def running_service(
             wait_until(lambda: _ready(url), "the service answers /readyz", timeout=60)
             pd.set_manifest(manifest(url))
             running = Running(url, processes, pd, tg, logs)
-            code = pd.issue_code(1001, 2001)
-            installed = httpx2.get(f"{url}/oauth/callback", params={"code": code}, timeout=30)
+            with httpx2.Client(base_url=url, timeout=30) as browser:  # keeps the state cookie
+                started = browser.get("/oauth/install").headers["location"]
+                state = parse_qs(urlparse(started).query)["state"][0]
+                code = pd.issue_code(1001, 2001)
+                installed = browser.get("/oauth/callback", params={"code": code, "state": state})
             assert installed.status_code == 200, installed.text
             channel = httpx2.post(
                 f"{url}/admin/channels",
