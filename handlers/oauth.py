@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from handlers import error_response, services
+from handlers import as_id, error_response, services
 from handlers.basic_auth import basic_credentials, matches
 from service import queue
 from service.crypto import BadSignature, constant_time_equals
@@ -172,8 +172,8 @@ async def uninstall(request: Request) -> Response:
         return error_response(401, "UNAUTHORIZED", "client credentials required")
     try:
         body: Any = await request.json()
-        company_id, user_id = int(body["company_id"]), int(body["user_id"])
-    except (ValueError, KeyError, TypeError):
+        company_id, user_id = as_id(body["company_id"]), as_id(body["user_id"])
+    except (ValueError, KeyError, TypeError, RecursionError):
         return error_response(400, "INVALID_BODY", "expected JSON with company_id and user_id")
     found = await installations.find_for_uninstall(svc.db, company_id, user_id)
     if not found:
