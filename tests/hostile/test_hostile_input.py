@@ -373,6 +373,9 @@ def test_admin_add_channel(live: Live, body: bytes) -> None:
     ),
     ident=st.one_of(TEXT, st.sampled_from(["99999999999999999999999", "-1", "1e400", "0"])),
 )
+@example(call=("POST", "/admin/dead-letters/{}/replay"), ident="99999999999999999999999")
+@example(call=("GET", "/admin/dead-letters?limit={}"), ident="-1")
+@example(call=("GET", "/admin/dead-letters?limit={}"), ident="1e400")
 def test_admin_ids(live: Live, call: tuple[str, str], ident: str) -> None:
     w = live.world
     method, template = call
