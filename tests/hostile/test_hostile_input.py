@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx2
 from hypothesis import example, given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from service.app import DEFAULT_BODY_LIMIT
 from tests.hostile.conftest import Live
@@ -440,4 +441,9 @@ def test_a_client_hanging_up_mid_body_costs_nothing(live: Live) -> None:
             assert alive.status_code == 200
         assert await w.footprint() == before
 
-    live.call(run)
+    with capture_logs() as logs:
+        live.call(run)
+    answered = [e["status"] for e in logs if e["event"] == "http.request"]
+    assert len(answered) == 3, logs  # both cut requests were seen through, and /healthz
+    assert all(status < 500 for status in answered), answered
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
