@@ -23,5 +23,23 @@ def error_response(status: int, code: str, message: str, **headers: str) -> JSON
     )
 
 
+#: The largest id a database integer column holds (BIGINT); anything above is no id of ours.
+MAX_ID = 2**63 - 1
+
+
+def as_id(value: Any) -> int:
+    """A positive whole number that fits the database, from JSON or a path; ValueError for
+    anything else (floats, infinities, booleans, huge numbers), so that bad input is a 4xx
+    and never reaches a query that would fail on it."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r} is not an id")
+    if isinstance(value, str) and not (value.isascii() and value.strip().isdigit()):
+        raise ValueError(f"{value[:40]!r} is not an id")
+    number = int(value)
+    if not 0 < number <= MAX_ID:
+        raise ValueError(f"{number} is out of range")
+    return number
+
+
 def data_response(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse({"data": data}, status_code=status)

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from handlers import data_response, error_response, services
+from handlers import as_id, data_response, error_response, services
 from service import channel_lifecycle, replay, sinks
 from service.context import Services
 from service.crypto import constant_time_equals
@@ -55,9 +55,9 @@ class AdminGate:
 async def list_dead_letters(request: Request) -> Response:
     pending_only = request.query_params.get("pending") in ("1", "true")
     try:
-        limit = min(int(request.query_params.get("limit", "100")), 1000)
+        limit = min(as_id(request.query_params.get("limit", "100")), 1000)
     except ValueError:
-        return error_response(400, "INVALID_QUERY", "limit must be a whole number")
+        return error_response(400, "INVALID_QUERY", "limit must be a whole number from 1")
     found = await dead_letters.list_all(
         services(request).db, limit=limit, pending_only=pending_only
     )
@@ -66,7 +66,7 @@ async def list_dead_letters(request: Request) -> Response:
 
 async def replay_dead_letter(request: Request) -> Response:
     try:
-        dead_letter_id = int(request.path_params["id"])
+        dead_letter_id = as_id(request.path_params["id"])
     except ValueError:
         return error_response(404, "NOT_FOUND", "no such dead letter")
     svc = services(request)
@@ -93,9 +93,9 @@ async def add_channel(request: Request) -> Response:
             raise ValueError(f"sink must be one of {', '.join(sinks.SINKS)} (or null)")
         if create_persons is not None and not isinstance(create_persons, bool):
             raise ValueError("create_persons must be true, false or null")
-        company_id = int(body["company_id"]) if body.get("company_id") is not None else None
-        user_id = int(body["user_id"]) if body.get("user_id") is not None else None
-    except (ValueError, KeyError, TypeError) as error:
+        company_id = as_id(body["company_id"]) if body.get("company_id") is not None else None
+        user_id = as_id(body["user_id"]) if body.get("user_id") is not None else None
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         return error_response(400, "INVALID_BODY", f"expected provider, name, credentials: {error}")
     try:
         channel = await channel_lifecycle.add(

@@ -124,7 +124,7 @@ def _decode(kind: str, cursor: str) -> list[Any]:
         if not isinstance(value, list) or not value:
             raise ValueError(cursor)
         return value
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ManifestError(400, "INVALID_BODY", "the cursor is not one we gave out") from None
 
 

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from handlers import error_response, services
+from handlers import as_id, error_response, services
 from handlers.basic_auth import basic_credentials, matches
 from service import queue
-from service.crypto import BadSignature
+from service.crypto import BadSignature, constant_time_equals
 from service.logging import get_logger
 from service.pipedrive.errors import InvalidGrant, OAuthError, PipedriveError
 from service.store import installations
@@ -30,6 +30,11 @@ log = get_logger(__name__)
 
 STATE_TTL_SECONDS = 600
 STATE_PREFIX = "install:"
+#: The cookie that binds an install `state` to the browser that started it (signed, HttpOnly).
+STATE_COOKIE = "pdbridge_install"
+COOKIE_PREFIX = "browser:"
+#: Token exchanges per client IP and minute for codes we do not know yet.
+EXCHANGES_PER_MINUTE = 5
 
 
 def page(title: str, message: str, status: int = 200) -> HTMLResponse:
@@ -43,16 +48,52 @@ def page(title: str, message: str, status: int = 200) -> HTMLResponse:
 
 
 async def install(request: Request) -> Response:
-    """Send the person to Pipedrive's consent page, with a signed, expiring `state`."""
+    """Send the person to Pipedrive's consent page with a signed, expiring `state`, and bind that
+    state to this browser with a signed cookie, so a callback started elsewhere is refused."""
     svc = services(request)
     if not svc.oauth.configured:
         return page("Not configured", "PIPEDRIVE_CLIENT_ID and _SECRET are not set.", 503)
-    state = svc.crypto.sign(STATE_PREFIX + secrets.token_urlsafe(16), STATE_TTL_SECONDS)
-    return RedirectResponse(svc.oauth.authorize_url(state), status_code=302)
+    nonce = secrets.token_urlsafe(16)
+    state = svc.crypto.sign(STATE_PREFIX + nonce, STATE_TTL_SECONDS)
+    response = RedirectResponse(svc.oauth.authorize_url(state), status_code=302)
+    response.set_cookie(
+        STATE_COOKIE,
+        svc.crypto.sign(COOKIE_PREFIX + nonce, STATE_TTL_SECONDS),
+        max_age=STATE_TTL_SECONDS,
+        path="/oauth",
+        httponly=True,
+        samesite="lax",
+        secure=svc.settings.base_url.startswith("https://"),
+    )
+    return response
+
+
+def _state_nonce(request: Request) -> str | None:
+    """The nonce of a valid `state` that this browser's cookie binds, else None (logged)."""
+    svc = services(request)
+    state = request.query_params.get("state", "")
+    cookie = request.cookies.get(STATE_COOKIE, "")
+    try:
+        nonce = svc.crypto.unsign(state)
+        if not nonce.startswith(STATE_PREFIX):
+            raise BadSignature("not an install state")
+        nonce = nonce.removeprefix(STATE_PREFIX)
+        bound = svc.crypto.unsign(cookie) if cookie else ""
+    except BadSignature as error:
+        log.warning("oauth.bad_state", reason=str(error), cookie=bool(cookie))
+        return None
+    if not constant_time_equals(bound, COOKIE_PREFIX + nonce):
+        log.warning("oauth.state_not_bound", cookie=bool(cookie))
+        return None
+    return nonce
 
 
 async def callback(request: Request) -> Response:
-    """Exchange the code (once, even if the browser sends it twice) and store the installation."""
+    """Exchange the code (once, even if the browser sends it twice) and store the installation.
+
+    The `state` must be ours, unexpired, bound to this browser's cookie and not used before by
+    another code; a code we do not know costs a token exchange only a few times a minute per
+    client."""
     svc = services(request)
     params = request.query_params
     if "error" in params:
@@ -61,17 +102,28 @@ async def callback(request: Request) -> Response:
     code = params.get("code", "")
     if not code or len(code) > 2048:
         return page("Installation failed", "The link has no authorization code.", 400)
-    state = params.get("state")
-    if state is not None:
-        try:
-            if not svc.crypto.unsign(state).startswith(STATE_PREFIX):
-                raise BadSignature("not an install state")
-        except BadSignature as error:
-            log.warning("oauth.bad_state", reason=str(error))
-            return page("Installation failed", "This link has expired; please start again.", 400)
+    if not params.get("state"):
+        log.warning("oauth.missing_state")
+        return page("Installation failed", "The link has no state; start the install again.", 400)
+    nonce = _state_nonce(request)
+    if nonce is None:
+        return page(
+            "Installation failed",
+            "This link has expired or was started in another browser; please start again.",
+            400,
+        )
+    if not await svc.coordination.claim_install_state(nonce, code_hash(code), STATE_TTL_SECONDS):
+        log.warning("oauth.state_replayed")
+        return page("Installation failed", "This link was already used; please start again.", 400)
     async with svc.coordination.code_exchange(code_hash(code)):
         done = await installations.find_by_code(svc.db, code)
         if done is None:
+            client = request.client.host if request.client else "unknown"
+            if not await svc.coordination.count_code_exchange(client, EXCHANGES_PER_MINUTE):
+                log.warning("oauth.exchange_rate_limited", client=client)
+                response = page("Installation failed", "Too many attempts; wait a minute.", 429)
+                response.headers["Retry-After"] = "60"
+                return response
             try:
                 done = await _exchange(request, code)
             except InvalidGrant:
@@ -121,15 +173,20 @@ async def uninstall(request: Request) -> Response:
         return error_response(401, "UNAUTHORIZED", "client credentials required")
     try:
         body: Any = await request.json()
-        company_id, user_id = int(body["company_id"]), int(body["user_id"])
-    except (ValueError, KeyError, TypeError):
+        company_id, user_id = as_id(body["company_id"]), as_id(body["user_id"])
+    except (ValueError, KeyError, TypeError, RecursionError):
         return error_response(400, "INVALID_BODY", "expected JSON with company_id and user_id")
-    inst = await installations.find(svc.db, company_id, user_id)
-    if inst is None:
+    found = await installations.find_for_uninstall(svc.db, company_id, user_id)
+    if not found:
         log.info("oauth.uninstall_unknown", company_id=company_id, user_id=user_id)
         return JSONResponse({"status": "unknown"})
-    done = await uninstall_company(svc, inst.company_id)
-    log.info("oauth.uninstalled", installation=inst.key, channels=done.channels)
+    done = await uninstall_company(svc, company_id)
+    log.info(
+        "oauth.uninstalled",
+        installations=[inst.key for inst in found],
+        by_user=user_id,
+        channels=done.channels,
+    )
     return JSONResponse({"status": "uninstalled"})
 
 

@@ -75,6 +75,26 @@ class Coordination:
         which Pipedrive refuses (codes are single use)."""
         return self.redis.lock(f"{redis_keys.CODE_LOCK}{code_hash}", timeout=120)
 
+    async def claim_install_state(self, nonce: str, code_hash: str, ttl_seconds: int) -> bool:
+        """True when this install `state` is new, or was used before with this same code (the
+        browser repeating its callback); False when another code already used it (a replay).
+        Lost if Redis forgets it: a state could be used twice within its signed lifetime."""
+        key = f"{redis_keys.OAUTH_STATE_USED}{nonce}"
+        if await self.redis.set(key, code_hash, nx=True, ex=ttl_seconds):
+            return True
+        used = await self.redis.get(key)
+        return used is not None and used.decode() == code_hash
+
+    async def count_code_exchange(self, client: str, per_minute: int) -> bool:
+        """Count one token exchange for a client; False once it made `per_minute` this minute.
+        Lost if Redis forgets it: the client's count starts again."""
+        key = f"{redis_keys.OAUTH_EXCHANGES}{client}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=60, nx=True)  # the window opens with the first exchange
+            pipe.incr(key)
+            _, count = await pipe.execute()
+        return int(count) <= per_minute
+
     async def backfill_mark(self, channel_id: int) -> datetime | None:
         """When the channel's last backfill ran; None (look back the most) if Redis forgot."""
         mark = await self.redis.get(f"{redis_keys.BACKFILL_MARK}{channel_id}")

@@ -43,3 +43,7 @@ SINK_MOVES = "pdbridge:metrics:sink-moves"
 #: Notes sink: a customer address matched to a Pipedrive person, `{company}:{kind}:{value}` ->
 #: person id; lives NOTES_MATCH_TTL_SECONDS.
 PERSON_MATCH = "pdbridge:person-match:"
+#: An install `state` once a callback used it, holding that callback's code hash (replays refused).
+OAUTH_STATE_USED = "pdbridge:oauth-state:"
+#: Per client IP: token exchanges for codes we did not know, in the current minute.
+OAUTH_EXCHANGES = "pdbridge:oauth-exchanges:"

@@ -123,7 +123,7 @@ class TelegramProvider:
     def split(self, channel: Channel, body: bytes, content_type: str) -> list[Delivery]:
         try:
             update = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidWebhook("body is not JSON") from None
         if not isinstance(update, dict):
             raise InvalidWebhook("an update is a JSON object")

@@ -677,7 +677,7 @@ def _json_object(content: bytes | None) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return body if isinstance(body, dict) else {}
 

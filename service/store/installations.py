@@ -129,6 +129,16 @@ async def find(db: Database, company_id: int, user_id: int) -> Installation | No
     return _row(row) if row else None
 
 
+async def find_for_uninstall(db: Database, company_id: int, user_id: int) -> list[Installation]:
+    """What an uninstall notice names: the user's own installation when that user installed,
+    else every installation of the company that is not uninstalled yet (another admin of the
+    company removed the app, and the notice carries that admin's id, not the installer's)."""
+    own = await find(db, company_id, user_id)
+    if own is not None:
+        return [own]
+    return [i for i in await list_for_company(db, company_id) if i.status != "uninstalled"]
+
+
 async def find_by_webhook_user(db: Database, webhook_user: str) -> Installation | None:
     query = sa.select(installations).where(installations.c.webhook_user == webhook_user)
     async with db.engine.connect() as conn:

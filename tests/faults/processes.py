@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import httpx2
 
@@ -154,8 +155,17 @@ def running_service(
             wait_until(lambda: _ready(url), "the service answers /readyz", timeout=60)
             pd.set_manifest(manifest(url))
             running = Running(url, processes, pd, tg, logs)
-            code = pd.issue_code(1001, 2001)
-            installed = httpx2.get(f"{url}/oauth/callback", params={"code": code}, timeout=30)
+            # The browser, which reaches the https PUBLIC_BASE_URL and so sends the Secure state
+            # cookie back; this test talks plain http to the port, so it hands the cookie over.
+            started = httpx2.get(f"{url}/oauth/install", timeout=30)
+            state = parse_qs(urlparse(started.headers["location"]).query)["state"][0]
+            cookie = started.headers["set-cookie"].split(";", 1)[0]
+            installed = httpx2.get(
+                f"{url}/oauth/callback",
+                params={"code": pd.issue_code(1001, 2001), "state": state},
+                headers={"Cookie": cookie},
+                timeout=30,
+            )
             assert installed.status_code == 200, installed.text
             channel = httpx2.post(
                 f"{url}/admin/channels",

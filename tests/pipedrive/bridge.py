@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import httpx2
 
@@ -37,13 +38,22 @@ class Bridge:
 
     async def install(self, company_id: int = 1001, user_id: int = 2001) -> Installation:
         """The OAuth callback as the browser brings it, then the setup job (webhooks)."""
-        code = self.pd.issue_code(company_id, user_id)
-        response = await self.http.get("/oauth/callback", params={"code": code})
+        response = await self.http.get(
+            "/oauth/callback", params=await self.consent(company_id, user_id)
+        )
         assert response.status_code == 200, response.text
         await self.run_worker()
         found = await installations.find(self.services.db, company_id, user_id)
         assert found is not None
         return found
+
+    async def consent(self, company_id: int = 1001, user_id: int = 2001) -> dict[str, str]:
+        """What the browser brings back to the callback: it starts at /oauth/install (keeping the
+        state cookie in `self.http`) and the user clicks "Allow" at Pipedrive."""
+        redirect = await self.http.get("/oauth/install")
+        assert redirect.status_code == 302, redirect.text
+        state = parse_qs(urlparse(redirect.headers["location"]).query)["state"][0]
+        return {"code": self.pd.issue_code(company_id, user_id), "state": state}
 
     async def reload(self, inst: Installation) -> Installation:
         found = await installations.get(self.services.db, inst.id)

@@ -6,6 +6,7 @@ import base64
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import parse_qs, urlparse
 
+import httpx2
 import pytest
 import sqlalchemy as sa
 
@@ -47,7 +48,8 @@ async def bridge(stack: tuple[str, str], pd: PipedriveStandin) -> AsyncIterator[
 
 
 async def test_install_redirects_to_pipedrive_with_a_signed_state(bridge: Bridge) -> None:
-    """/oauth/install sends the browser to the authorize page with our client and callback."""
+    """/oauth/install sends the browser to the authorize page with our client and callback, and
+    binds the state to the browser with a signed, HttpOnly, SameSite=Lax, Secure cookie."""
     response = await bridge.http.get("/oauth/install")
     assert response.status_code == 302
     target = urlparse(response.headers["location"])
@@ -58,13 +60,28 @@ async def test_install_redirects_to_pipedrive_with_a_signed_state(bridge: Bridge
     assert query["client_id"] == [CLIENT_ID]
     assert query["redirect_uri"] == [f"{PUBLIC_URL}/oauth/callback"]
     assert bridge.services.crypto.unsign(query["state"][0]).startswith("install:")
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith("pdbridge_install=")
+    flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "secure", "samesite=lax", "path=/oauth"} <= flags
+    assert query["state"][0] not in cookie  # the cookie binds the state; it is not a copy
+
+
+async def test_the_cookie_is_not_secure_on_a_plain_http_base(
+    stack: tuple[str, str], pd: PipedriveStandin
+) -> None:
+    """On http:// (a laptop) a Secure cookie would never come back, so it is not set Secure."""
+    async with running_bridge(stack, pd, public_base_url="http://localhost:8000") as bridge:
+        cookie = (await bridge.http.get("/oauth/install")).headers["set-cookie"].lower()
+    assert "httponly" in cookie
+    assert "secure" not in cookie
 
 
 async def test_callback_installs_once_and_lists_it(bridge: Bridge) -> None:
-    """A callback stores the installation; the same code again creates nothing new."""
-    code = bridge.pd.issue_code(1001, 2001)
-    first = await bridge.http.get("/oauth/callback", params={"code": code})
-    again = await bridge.http.get("/oauth/callback", params={"code": code})
+    """A callback stores the installation; the browser repeating it creates nothing new."""
+    params = await bridge.consent(1001, 2001)
+    first = await bridge.http.get("/oauth/callback", params=params)
+    again = await bridge.http.get("/oauth/callback", params=params)
     assert first.status_code == again.status_code == 200
     assert "installed" in again.text
     token_requests = [r for r in bridge.pd.requests if r.path == "/oauth/token"]
@@ -75,6 +92,19 @@ async def test_callback_installs_once_and_lists_it(bridge: Bridge) -> None:
         (1001, 2001, "active")
     ]
     assert listed[0]["api_domain"] == bridge.pd.base_url
+
+
+async def test_a_whole_browser_round_trip_through_the_standin(bridge: Bridge) -> None:
+    """Install, Pipedrive's consent page (the stand-in, on a real socket) and our callback,
+    following the redirects as a browser does, carrying our cookie."""
+    start = await bridge.http.get("/oauth/install")
+    async with httpx2.AsyncClient() as outside:
+        consent = await outside.get(start.headers["location"])
+    assert consent.status_code == 302
+    back = urlparse(consent.headers["location"])
+    done = await bridge.http.get(f"{back.path}?{back.query}")
+    assert done.status_code == 200, done.text
+    assert [i.company_id for i in await installations.list_all(bridge.services.db)] == [1001]
 
 
 async def test_tokens_are_encrypted_at_rest(bridge: Bridge) -> None:
@@ -93,10 +123,11 @@ async def test_tokens_are_encrypted_at_rest(bridge: Bridge) -> None:
 
 async def test_bad_state_and_declined_install_are_refused(bridge: Bridge) -> None:
     """A tampered state, a declined consent and a burned code each get a clear error page."""
-    code = bridge.pd.issue_code(1001, 2001)
-    tampered = await bridge.http.get("/oauth/callback", params={"code": code, "state": "x.1.y"})
+    params = await bridge.consent(1001, 2001)
+    tampered = await bridge.http.get("/oauth/callback", params={**params, "state": "x.1.y"})
     declined = await bridge.http.get("/oauth/callback", params={"error": "user_denied"})
-    unknown = await bridge.http.get("/oauth/callback", params={"code": "never-issued"})
+    burned = {**(await bridge.consent(1001, 2001)), "code": "never-issued"}
+    unknown = await bridge.http.get("/oauth/callback", params=burned)
     assert tampered.status_code == 400
     assert "expired" in tampered.text
     assert declined.status_code == 400
@@ -106,18 +137,59 @@ async def test_bad_state_and_declined_install_are_refused(bridge: Bridge) -> Non
     assert await installations.list_all(bridge.services.db) == []
 
 
-async def test_marketplace_install_without_state_and_with_our_state(bridge: Bridge) -> None:
-    """A callback without state (Marketplace) and one with our own valid state both install."""
-    redirect = await bridge.http.get("/oauth/install")
-    state = parse_qs(urlparse(redirect.headers["location"]).query)["state"][0]
-    code = bridge.pd.issue_code(1001, 2002)
-    ours = await bridge.http.get("/oauth/callback", params={"code": code, "state": state})
-    assert ours.status_code == 200
-    market = await bridge.http.get(
-        "/oauth/callback", params={"code": bridge.pd.issue_code(1001, 2003)}
-    )
-    assert market.status_code == 200
-    assert len(await installations.list_all(bridge.services.db)) == 2
+def token_calls(pd: PipedriveStandin) -> int:
+    return sum(1 for r in pd.requests if r.path == "/oauth/token")
+
+
+async def test_state_is_required_and_bound_to_the_browser(bridge: Bridge) -> None:
+    """No state (a forged link), a valid state without this browser's cookie (someone else's
+    link, carried cross-site), or another browser's cookie: each refused before any exchange."""
+    params = await bridge.consent(1001, 2001)
+    no_state = await bridge.http.get("/oauth/callback", params={"code": params["code"]})
+    assert no_state.status_code == 400
+    assert "no state" in no_state.text
+    async with httpx2.AsyncClient(
+        transport=bridge.http._transport, base_url=PUBLIC_URL
+    ) as stranger:
+        without_cookie = await stranger.get("/oauth/callback", params=params)
+        await stranger.get("/oauth/install")  # the stranger's own cookie, for its own state
+        other_cookie = await stranger.get("/oauth/callback", params=params)
+    for refused in (without_cookie, other_cookie):
+        assert refused.status_code == 400
+        assert "another browser" in refused.text
+    assert token_calls(bridge.pd) == 0
+    assert await installations.list_all(bridge.services.db) == []
+    ours = await bridge.http.get("/oauth/callback", params=params)
+    assert ours.status_code == 200, ours.text
+
+
+async def test_a_used_state_is_refused_for_another_code(bridge: Bridge) -> None:
+    """Once a callback used a state, the same state with another code is a replay: refused
+    without a token exchange (the same code again is the browser repeating itself: fine)."""
+    params = await bridge.consent(1001, 2001)
+    assert (await bridge.http.get("/oauth/callback", params=params)).status_code == 200
+    replay = {**params, "code": bridge.pd.issue_code(1001, 2002)}
+    replayed = await bridge.http.get("/oauth/callback", params=replay)
+    assert replayed.status_code == 400
+    assert "already used" in replayed.text
+    assert token_calls(bridge.pd) == 1
+    assert [i.user_id for i in await installations.list_all(bridge.services.db)] == [2001]
+
+
+async def test_unknown_codes_cost_a_few_exchanges_a_minute_per_client(bridge: Bridge) -> None:
+    """Guessing codes is throttled: after five exchanges in a minute from one client the
+    callback answers 429 without calling Pipedrive; a known code still answers (no exchange)."""
+    installed = await bridge.consent(1001, 2001)
+    assert (await bridge.http.get("/oauth/callback", params=installed)).status_code == 200
+    answers = []
+    for n in range(8):
+        params = {**(await bridge.consent(1001, 2001)), "code": f"guess-{n}"}
+        answers.append((await bridge.http.get("/oauth/callback", params=params)).status_code)
+    assert answers == [400] * 4 + [429] * 4
+    assert token_calls(bridge.pd) == 5
+    known = {**(await bridge.consent(1001, 2001)), "code": installed["code"]}
+    assert (await bridge.http.get("/oauth/callback", params=known)).status_code == 200
+    assert token_calls(bridge.pd) == 5
 
 
 async def test_setup_registers_v2_webhooks_with_basic_auth(bridge: Bridge) -> None:
@@ -181,6 +253,39 @@ async def test_uninstall_marks_it_and_stops_its_work(bridge: Bridge) -> None:
     assert len(bridge.pd.requests) == sent
     listed = (await bridge.http.get("/admin/installations", headers=ADMIN)).json()["data"]
     assert listed[0]["status"] == "uninstalled"
+
+
+async def test_uninstall_by_another_admin_of_the_company_finds_the_installation(
+    bridge: Bridge,
+) -> None:
+    """The notice names the admin who removed the app, who need not be the installer: the
+    company's installation is found all the same; another company's is left alone."""
+    inst = await bridge.install(1001, 2001)
+    other = await bridge.install(3003, 4004)
+    body = {"client_id": CLIENT_ID, "company_id": 1001, "user_id": 2999, "timestamp": "t"}
+    response = await bridge.http.request(
+        "DELETE", "/oauth/callback", json=body, headers=basic(CLIENT_ID, CLIENT_SECRET)
+    )
+    assert response.status_code == 200
+    assert response.json() == {"status": "uninstalled"}
+    assert (await bridge.reload(inst)).status == "uninstalled"
+    assert (await bridge.reload(other)).status == "active"
+
+
+async def test_uninstall_by_one_installer_leaves_a_colleagues_installation(
+    bridge: Bridge,
+) -> None:
+    """Installs are per user: when one installer removes the app, a colleague who installed it
+    too keeps theirs."""
+    first = await bridge.install(1001, 2001)
+    second = await bridge.install(1001, 2002)
+    body = {"client_id": CLIENT_ID, "company_id": 1001, "user_id": 2002, "timestamp": "t"}
+    response = await bridge.http.request(
+        "DELETE", "/oauth/callback", json=body, headers=basic(CLIENT_ID, CLIENT_SECRET)
+    )
+    assert response.status_code == 200
+    assert (await bridge.reload(second)).status == "uninstalled"
+    assert (await bridge.reload(first)).status == "active"
 
 
 async def test_uninstall_of_an_unknown_installation_is_acknowledged(bridge: Bridge) -> None:

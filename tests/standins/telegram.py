@@ -54,7 +54,8 @@ Methods
 Fault injection: ``fail_next(method, status, ...)`` answers the next ``count`` calls of ``method``
 ("*" for any; "file" for downloads) with that error, after the token check. 429 carries
 ``parameters.retry_after`` (doc §2.7). ``send_delay`` makes every send* call sleep before it
-answers (injected faults included), without blocking the server's other requests.
+answers (injected faults included), without blocking the server's other requests;
+``hold_sends`` (a ``threading.Event``) holds every send until the test sets it.
 
 Update builders (``text_update``, ``photo_update``, ``document_update``, ``edited_update``,
 ``my_chat_member_update``) make the Update dicts Telegram POSTs to the webhook (doc §2.4); they
@@ -263,6 +264,9 @@ class TelegramStandin(Served):
         self.bot_id = bot_id
         self.bot_username = bot_username
         self.send_delay = send_delay  # seconds; read on every send* call
+        #: When set to an Event, every send* call waits for it (a test decides when sends
+        #: answer, instead of guessing with delays).
+        self.hold_sends: threading.Event | None = None
         self.webhook_info_extra: dict[str, Any] = {}  # merged into getWebhookInfo's result
 
         self._lock = threading.Lock()
@@ -713,6 +717,9 @@ class TelegramStandin(Served):
         delay = self.send_delay
         if canonical.startswith("send") and delay > 0:
             await asyncio.sleep(delay)
+        gate = self.hold_sends
+        if canonical.startswith("send") and gate is not None:
+            await asyncio.to_thread(gate.wait)
         with self._lock:
             answer = self._take_fault(rec)
             if answer is None:
