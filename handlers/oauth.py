@@ -24,7 +24,7 @@ from service.logging import get_logger
 from service.pipedrive.errors import InvalidGrant, OAuthError, PipedriveError
 from service.store import installations
 from service.store.installations import code_hash
-from service.uninstall import uninstall_company
+from service.uninstall import uninstall_installations
 
 log = get_logger(__name__)
 
@@ -180,7 +180,7 @@ async def uninstall(request: Request) -> Response:
     if not found:
         log.info("oauth.uninstall_unknown", company_id=company_id, user_id=user_id)
         return JSONResponse({"status": "unknown"})
-    done = await uninstall_company(svc, company_id)
+    done = await uninstall_installations(svc, company_id, found)
     log.info(
         "oauth.uninstalled",
         installations=[inst.key for inst in found],

@@ -1,14 +1,14 @@
 """Uninstall: what happens once Pipedrive's notice names an installation of a company.
 
-An app uninstall ends the company's use of the bridge, so everything of that company stops,
-whichever of its installations the notice names: every installation is marked `uninstalled` and
-its Pipedrive tokens are deleted; every active channel becomes `uninstalled`, together with its
-waiting work (deliveries not yet relayed are dropped, replies not yet sent fail), so jobs
-already queued for it find nothing to do; and a queued job per channel takes our webhook down
-at the provider (Telegram `deleteWebhook`, retried like any job), then deletes the channel's
-provider credentials. Until the provider stops, its traffic for such a channel is answered 2xx
-and dropped (handlers/provider_webhooks.py). Every step is idempotent: a repeated notice, or the
-maintenance job after a lost enqueue, redoes only what is left.
+The notice names a user: that user's installation stops, or, when that admin never installed
+(another admin removed the app for the company), every installation of the company. Each one
+is marked `uninstalled` and its Pipedrive tokens are deleted; its active channels become
+`uninstalled` with their waiting work (deliveries not yet relayed are dropped, replies not yet
+sent fail), so jobs already queued find nothing to do; and a queued job per channel takes our
+webhook down at the provider (Telegram `deleteWebhook`, retried like any job), then deletes the
+channel's provider credentials. Until the provider stops, its traffic for such a channel is
+answered 2xx and dropped (handlers/provider_webhooks.py). Every step is idempotent: a repeated
+notice, or the maintenance job after a lost enqueue, redoes only what is left.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ class Uninstalled:
 async def uninstall_company(svc: Services, company_id: int) -> Uninstalled:
     """Stop everything of the company (see the module docstring)."""
     found = await installations.list_for_company(svc.db, company_id)
+    return await uninstall_installations(svc, company_id, found)
+
+
+async def uninstall_installations(
+    svc: Services, company_id: int, found: list[installations.Installation]
+) -> Uninstalled:
+    """Stop these installations of the company and their channels (what a notice names:
+    `installations.find_for_uninstall`; a colleague's own installation stays)."""
     ids = [inst.id for inst in found]
     changed = await installations.uninstall(svc.db, ids, "uninstalled in Pipedrive")
     for inst in found:

@@ -325,6 +325,13 @@ ROWS = [
         outcomes(401, 401, 401, 404),
     ),
     Row(
+        "PATCH",
+        "/admin/channels/{provider_channel_id}",
+        "",
+        admin("PATCH", "/admin/channels/not-a-channel", {"sink": "notes"}),
+        outcomes(401, 401, 401, 404),
+    ),
+    Row(
         "DELETE",
         "/admin/channels/{provider_channel_id}/conversations/{conversation_id}",
         "",
