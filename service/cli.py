@@ -86,7 +86,9 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.media_stores import with_role_default
 
+    settings = with_role_default(settings, "web")
     if settings.web_concurrency > 1:
         config = _uvicorn_config(
             "service.app:from_environment", settings, factory=True, workers=settings.web_concurrency
@@ -102,6 +104,9 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.worker import build_worker
     from service import queue
+    from service.media_stores import with_role_default
+
+    settings = with_role_default(settings, "worker")
 
     async def go() -> None:
         worker = build_worker(settings, handle_signals=False)
@@ -167,9 +172,11 @@ def _event_loop_run(main: Any) -> None:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.embedded_redis import EmbeddedRedis
+    from service.media_stores import with_role_default
     from service.store.engine import async_url
 
     settings.secret_keys  # noqa: B018 -- generate ./var/secret.key once, before the children read it
+    settings = with_role_default(settings, "run")  # its children share ./var/media
     _migrate(settings)
     env = dict(os.environ)
     redis: EmbeddedRedis | None = None

@@ -272,3 +272,27 @@ message_parts = sa.Table(
     sa.UniqueConstraint("message_id", "part_index", name="uq_message_parts_message_id"),
     sa.Index("ix_message_parts_provider", "channel_id", "provider_message_id"),
 )
+
+#: Re-hosted files when `MEDIA_STORE=database`: one row per file, its bytes in ordered chunks
+#: (so a file is streamed a chunk at a time, never read whole to serve it).
+media_objects = sa.Table(
+    "media_objects",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("chunks", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+media_chunks = sa.Table(
+    "media_chunks",
+    metadata,
+    sa.Column(
+        "key",
+        sa.String(200),
+        sa.ForeignKey("media_objects.key", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
