@@ -67,15 +67,27 @@ class S3MediaStore(MediaStore):
 
     async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
         path = validate_key(key)
-        total = 0
+        source = bounded(chunks).__aiter__()
+        # A file smaller than one part (most chat media) goes in one PUT; a larger one as a
+        # multipart upload of the part read so far and the rest as it comes.
+        head = bytearray()
+        async for chunk in source:
+            head += chunk
+            if len(head) >= UPLOAD_PART_BYTES:
+                break
+        else:
+            await obstore.put_async(self.store, path, bytes(head))
+            return len(head)
+        total = len(head)
 
-        async def counted() -> AsyncGenerator[bytes, None]:
+        async def rest() -> AsyncGenerator[bytes, None]:
             nonlocal total
-            async for chunk in bounded(chunks):
+            yield bytes(head)
+            async for chunk in source:
                 total += len(chunk)
                 yield chunk
 
-        await obstore.put_async(self.store, path, counted(), chunk_size=UPLOAD_PART_BYTES)
+        await obstore.put_async(self.store, path, rest(), chunk_size=UPLOAD_PART_BYTES)
         return total
 
     async def open(self, key: str) -> MediaBody:
