@@ -313,6 +313,8 @@ async def post_message(request: Request, svc: Services, channel: Channel) -> Res
             try:  # streamed into the store, chunk by chunk: never held whole
                 size = await svc.media.put_stream(key, _chunks_of(upload))
             except MediaTooLarge:
+                for stored in attachments:  # the message is refused: keep none of its files
+                    await svc.media.delete(stored.key)
                 raise ManifestError(
                     400, "INVALID_BODY", f"file {upload.filename!r} is over 20 MB"
                 ) from None
