@@ -305,7 +305,7 @@ async def post_message(request: Request, svc: Services, channel: Channel) -> Res
             raise ManifestError(
                 400, "INVALID_BODY", f"recipients not in the conversation: {unknown}"
             )
-        attachments = []
+        attachments: list[StoredAttachment] = []
         external_id = f"pdb:{uuid.uuid4().hex}"
         for index, upload in enumerate(uploads):
             mime = normalize_mime_type(upload.content_type)

@@ -19,7 +19,13 @@ from starlette.routing import Route
 
 from handlers import error_response, services
 from service.crypto import BadSignature
-from service.media import MediaLink, MediaNotFound, MediaStore, read_media_token
+from service.media import (
+    MediaLink,
+    MediaNotFound,
+    MediaStore,
+    MediaUnavailable,
+    read_media_token,
+)
 
 #: Shown for every failure: whether the link was forged, expired or its file is gone stays ours.
 NOT_FOUND_MESSAGE = "no such media, or the link has expired"
@@ -61,6 +67,8 @@ async def serve(request: Request) -> Response:
             length = body.size
     except (BadSignature, MediaNotFound):
         return error_response(404, "NOT_FOUND", NOT_FOUND_MESSAGE)
+    except MediaUnavailable:  # Pipedrive tries again, or asks getMessageById for a fresh link
+        return error_response(503, "UNAVAILABLE", "the media store did not answer; try again")
     headers = {
         "Content-Type": ref.mime_type,
         "Content-Length": str(length),

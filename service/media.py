@@ -36,6 +36,7 @@ import anyio.to_thread
 
 from service.config import VAR_DIR
 from service.crypto import BadSignature, Crypto
+from service.errors import TransientError
 
 #: The largest file we store; Pipedrive's own limit is unconfirmed (contract §7).
 MAX_MEDIA_BYTES = 20 * 1024 * 1024
@@ -62,6 +63,10 @@ class MediaNotFound(LookupError):
 
 class MediaTooLarge(ValueError):
     """The file is larger than `MAX_MEDIA_BYTES`."""
+
+
+class MediaUnavailable(TransientError):
+    """The store did not answer (an object store's outage or timeout): try again later."""
 
 
 #: The pieces a file is read and streamed in: small enough to keep memory flat per request.

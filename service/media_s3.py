@@ -12,15 +12,25 @@ usual AWS environment (and instance or pod credentials), as boto3 would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import obstore
-from obstore.exceptions import NotFoundError
+from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store
 
 from service.logging import get_logger
-from service.media import CHUNK_BYTES, MediaBody, MediaNotFound, MediaStore, bounded, validate_key
+from service.media import (
+    CHUNK_BYTES,
+    MediaBody,
+    MediaNotFound,
+    MediaStore,
+    MediaUnavailable,
+    bounded,
+    validate_key,
+)
 
 if TYPE_CHECKING:
     from obstore import BytesStream
@@ -32,6 +42,11 @@ log = get_logger(__name__)
 
 #: Parts of a multipart upload; S3 takes at least 5 MiB per part but the last.
 UPLOAD_PART_BYTES = 5 * 1024 * 1024
+#: A store that does not answer fails a request in seconds (the queue retries the job; a GET
+#: answers 503), rather than after obstore's default of three minutes of retries.
+CONNECT_TIMEOUT = timedelta(seconds=5)
+REQUEST_TIMEOUT = timedelta(seconds=120)
+RETRY_TIMEOUT = timedelta(seconds=15)
 
 
 class S3MediaStore(MediaStore):
@@ -61,7 +76,21 @@ class S3MediaStore(MediaStore):
             bucket,
             prefix=prefix.strip("/") or None,
             config=config,
-            client_options={"allow_http": insecure},
+            client_options={
+                "allow_http": insecure,
+                "connect_timeout": CONNECT_TIMEOUT,
+                # The whole request, body included: a 20 MB file streamed to a slow reader.
+                "timeout": REQUEST_TIMEOUT,
+            },
+            retry_config={
+                "max_retries": 3,
+                "retry_timeout": RETRY_TIMEOUT,
+                "backoff": {
+                    "init_backoff": timedelta(milliseconds=100),
+                    "max_backoff": timedelta(seconds=2),
+                    "base": 2,
+                },
+            },
         )
         return cls(store, where=url)
 
@@ -76,7 +105,8 @@ class S3MediaStore(MediaStore):
             if len(head) >= UPLOAD_PART_BYTES:
                 break
         else:
-            await obstore.put_async(self.store, path, bytes(head))
+            with _answered(key):
+                await obstore.put_async(self.store, path, bytes(head))
             return len(head)
         total = len(head)
 
@@ -87,33 +117,46 @@ class S3MediaStore(MediaStore):
                 total += len(chunk)
                 yield chunk
 
-        await obstore.put_async(self.store, path, rest(), chunk_size=UPLOAD_PART_BYTES)
+        with _answered(key):
+            await obstore.put_async(self.store, path, rest(), chunk_size=UPLOAD_PART_BYTES)
         return total
 
     async def open(self, key: str) -> MediaBody:
         path = validate_key(key)
-        try:
+        with _answered(key):
             result = await obstore.get_async(self.store, path)
-        except (NotFoundError, FileNotFoundError):
-            raise MediaNotFound(key) from None
-        return MediaBody(int(result.meta["size"]), _chunks(result.stream(CHUNK_BYTES)))
+        return MediaBody(int(result.meta["size"]), _chunks(key, result.stream(CHUNK_BYTES)))
 
     async def size(self, key: str) -> int:
         path = validate_key(key)
-        try:
+        with _answered(key):
             meta = await obstore.head_async(self.store, path)
-        except (NotFoundError, FileNotFoundError):
-            raise MediaNotFound(key) from None
         return int(meta["size"])
 
     async def delete(self, key: str) -> None:
         path = validate_key(key)
         try:
-            await obstore.delete_async(self.store, path)
-        except (NotFoundError, FileNotFoundError):
+            with _answered(key):
+                await obstore.delete_async(self.store, path)
+        except MediaNotFound:
             return
 
 
-async def _chunks(stream: BytesStream) -> AsyncGenerator[bytes, None]:
-    async for chunk in stream:
-        yield bytes(chunk)
+async def _chunks(key: str, stream: BytesStream) -> AsyncGenerator[bytes, None]:
+    with _answered(key):
+        async for chunk in stream:
+            yield bytes(chunk)
+
+
+@contextmanager
+def _answered(key: str) -> Iterator[None]:
+    """obstore's errors as the store's: a missing object is `MediaNotFound`, any other failure
+    (connection, timeout, 5xx, refused credentials) `MediaUnavailable`, which the queue retries.
+    Only the error's type is kept: its text may name the endpoint and bucket."""
+    try:
+        yield
+    except (NotFoundError, FileNotFoundError):
+        raise MediaNotFound(key) from None
+    except BaseError as error:
+        log.warning("media.s3_failed", key=key, error_type=type(error).__name__)
+        raise MediaUnavailable(f"the media store did not answer ({type(error).__name__})") from None

@@ -20,12 +20,14 @@ from starlette.applications import Starlette
 import handlers.media
 from service.config import ConfigError, load_settings
 from service.crypto import Crypto
+from service.embedded_redis import free_port
 from service.media import (
     MAX_MEDIA_BYTES,
     LocalMediaStore,
     MediaNotFound,
     MediaStore,
     MediaTooLarge,
+    MediaUnavailable,
     media_url,
     new_media_key,
 )
@@ -258,6 +260,31 @@ async def test_a_link_signed_by_one_app_is_served_by_another(new_store: StoreFac
         await writer.delete(key)
         assert (await client.get(path)).status_code == 404
         assert (await client.head(path)).status_code == 404
+
+
+async def test_an_s3_store_that_does_not_answer_is_unavailable_not_missing(
+    tmp_path: Path,
+) -> None:
+    """Nobody listens at the endpoint: calls fail within seconds with MediaUnavailable (the
+    queue retries it), and the link answers 503 rather than a 404 that would read as gone."""
+    settings = make_settings(
+        media_store="s3://bucket-name/media",
+        aws_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        aws_region="us-east-1",
+    )
+    store = media_store_for(settings, Database(f"sqlite:///{tmp_path / 'x.db'}"))
+    key = new_media_key("image/png")
+    with pytest.raises(MediaUnavailable):
+        await store.put(key, b"png")
+    with pytest.raises(MediaUnavailable):
+        await store.size(key)
+    path = urlsplit(media_url(BASE, Crypto([TEST_SECRET]), key, "image/png", None)).path
+    transport = httpx2.ASGITransport(app=media_app(store))
+    async with httpx2.AsyncClient(transport=transport, base_url=BASE) as client:
+        assert (await client.get(path)).status_code == 503
+        assert (await client.head(path)).status_code == 503
 
 
 # --- MEDIA_STORE -------------------------------------------------------------------------------

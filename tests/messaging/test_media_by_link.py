@@ -34,6 +34,8 @@ def tw() -> Iterator[TwilioStandin]:
         yield server
 
 
+# What is read from the store does not depend on the database: one stack is enough.
+@pytest.mark.parametrize("stack", ["sqlite+embedded-redis"], indirect=True)
 async def test_a_twilio_send_passes_the_link_and_never_downloads_the_file(
     stack: tuple[str, str],
     pd: PipedriveStandin,
