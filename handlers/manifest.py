@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,13 @@ from handlers.basic_auth import basic_credentials, matches
 from service import outbox, queue
 from service.context import Services
 from service.logging import get_logger
-from service.media import MAX_MEDIA_BYTES, clean_file_name, new_media_key, normalize_mime_type
+from service.media import (
+    CHUNK_BYTES,
+    MediaTooLarge,
+    clean_file_name,
+    new_media_key,
+    normalize_mime_type,
+)
 from service.middleware import BodyTooLarge
 from service.models import Channel, Conversation, Message, StoredAttachment
 from service.pipedrive import shapes
@@ -299,22 +305,26 @@ async def post_message(request: Request, svc: Services, channel: Channel) -> Res
             raise ManifestError(
                 400, "INVALID_BODY", f"recipients not in the conversation: {unknown}"
             )
-        attachments = []
+        attachments: list[StoredAttachment] = []
         external_id = f"pdb:{uuid.uuid4().hex}"
         for index, upload in enumerate(uploads):
-            data = await upload.read(MAX_MEDIA_BYTES + 1)
-            if len(data) > MAX_MEDIA_BYTES:
-                raise ManifestError(400, "INVALID_BODY", f"file {upload.filename!r} is over 20 MB")
             mime = normalize_mime_type(upload.content_type)
             key = new_media_key(mime)
-            await svc.media.put(key, data)
+            try:  # streamed into the store, chunk by chunk: never held whole
+                size = await svc.media.put_stream(key, _chunks_of(upload))
+            except MediaTooLarge:
+                for stored in attachments:  # the message is refused: keep none of its files
+                    await svc.media.delete(stored.key)
+                raise ManifestError(
+                    400, "INVALID_BODY", f"file {upload.filename!r} is over 20 MB"
+                ) from None
             attachments.append(
                 StoredAttachment(
                     id=f"{external_id}:a{index}",
                     key=key,
                     mime_type=mime,
                     name=clean_file_name(upload.filename) or f"file{index}",
-                    size=len(data),
+                    size=size,
                 )
             )
     finally:
@@ -377,3 +387,9 @@ routes = [
     Route(f"{_C}/messages", endpoint(post_message), methods=["POST"]),
     Route(_C, endpoint(delete_channel, channel_required=False), methods=["DELETE"]),
 ]
+
+
+async def _chunks_of(upload: UploadFile) -> AsyncIterator[bytes]:
+    """An uploaded file (spooled to disk by the form parser when large), chunk by chunk."""
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from handlers import error_response, services
 from service.crypto import BadSignature
-from service.media import MediaLink, MediaNotFound, MediaStore, read_media_token
+from service.media import (
+    MediaLink,
+    MediaNotFound,
+    MediaStore,
+    MediaUnavailable,
+    read_media_token,
+)
 
 #: Shown for every failure: whether the link was forged, expired or its file is gone stays ours.
 NOT_FOUND_MESSAGE = "no such media, or the link has expired"
@@ -48,18 +55,20 @@ def _disposition(ref: MediaLink) -> str:
 
 
 async def serve(request: Request) -> Response:
-    """The file's bytes (GET) or only its headers (HEAD); 404 for any bad link or missing file."""
+    """The file's bytes (GET) or only its headers (HEAD); 404 for any bad link or missing file.
+    GET streams the file in chunks from the store, with its length known up front."""
     store = media_store(request)
     try:
         ref = read_media_token(services(request).crypto, request.path_params["signed"])
         if request.method == "HEAD":
             length = await store.size(ref.key)
-            body = b""
         else:
-            body = await store.get(ref.key)
-            length = len(body)
+            body = await store.open(ref.key)
+            length = body.size
     except (BadSignature, MediaNotFound):
         return error_response(404, "NOT_FOUND", NOT_FOUND_MESSAGE)
+    except MediaUnavailable:  # Pipedrive tries again, or asks getMessageById for a fresh link
+        return error_response(503, "UNAVAILABLE", "the media store did not answer; try again")
     headers = {
         "Content-Type": ref.mime_type,
         "Content-Length": str(length),
@@ -67,7 +76,10 @@ async def serve(request: Request) -> Response:
         "Cache-Control": "private, max-age=300",
         "X-Content-Type-Options": "nosniff",
     }
-    return Response(body, headers=headers)
+    if request.method == "HEAD":
+        return Response(b"", headers=headers)
+    # The background task closes what the store holds open even when the client goes away.
+    return StreamingResponse(body.chunks, headers=headers, background=BackgroundTask(body.aclose))
 
 
 routes = [Route("/media/{signed}", serve, methods=["GET", "HEAD"])]

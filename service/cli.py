@@ -98,7 +98,9 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.media_stores import with_role_default
 
+    settings = with_role_default(settings, "web")
     if settings.web_concurrency > 1:
         config = _uvicorn_config(
             "service.app:from_environment", settings, factory=True, workers=settings.web_concurrency
@@ -114,6 +116,9 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from jobs.worker import build_worker
     from service import queue
+    from service.media_stores import with_role_default
+
+    settings = with_role_default(settings, "worker")
 
     if args.check:
         if settings.redis_url is None:
@@ -184,9 +189,11 @@ def _event_loop_run(main: Any) -> None:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.embedded_redis import EmbeddedRedis
+    from service.media_stores import with_role_default
     from service.store.engine import async_url
 
     keys = settings.secret_keys if settings.secret_key is not None else [ensure_secret_key_file()]
+    settings = with_role_default(settings, "run")  # its children share ./var/media
     _migrate(settings)
     env = dict(os.environ)
     env["SECRET_KEY"] = ",".join(keys)  # the children share this one key (they never make one)

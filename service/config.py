@@ -28,6 +28,8 @@ NO_SHARED_KEY = (
     " e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`); only `pdbridge run`"
     " generates one"
 )
+#: `s3://bucket` or `s3://bucket/prefix`: a DNS-style bucket name, then a relative key prefix.
+_S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*'()/-]*)?")
 
 
 class ConfigError(Exception):
@@ -79,6 +81,13 @@ class Settings(BaseSettings):
     retention_message_days: int = Field(default=90, ge=1, le=36500)
     retention_media_days: int = Field(default=30, ge=1, le=36500)
     retention_dead_letter_days: int = Field(default=30, ge=1, le=36500)
+    #: `local`, `database` or `s3://bucket/prefix`; unset: `local` for `run`, `database` for
+    #: `web` and `worker` (see `service.media_stores`).
+    media_store: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region: str | None = None
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
@@ -96,6 +105,7 @@ class Settings(BaseSettings):
         "telegram_api_url",
         "whatsapp_graph_url",
         "twilio_api_url",
+        "aws_endpoint_url",
     )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -124,7 +134,24 @@ class Settings(BaseSettings):
             raise ValueError("must be redis://host:port/db or redis+sentinel://host:port/MASTER")
         return value
 
-    @field_validator("secret_key", "admin_token", "pipedrive_api_token", mode="before")
+    @field_validator("media_store")
+    @classmethod
+    def _media_store(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value in ("local", "database") or _S3_URL.fullmatch(value):
+            return value.rstrip("/")
+        raise ValueError("must be local, database or s3://bucket/prefix")
+
+    @field_validator(
+        "secret_key",
+        "admin_token",
+        "pipedrive_api_token",
+        "aws_secret_access_key",
+        "aws_access_key_id",
+        "aws_region",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -9,7 +9,8 @@ import httpx2
 from service.config import Settings
 from service.coordination import Coordination
 from service.crypto import Crypto
-from service.media import LocalMediaStore, MediaStore
+from service.media import MediaStore
+from service.media_stores import media_store_for
 from service.metrics import Metrics
 from service.pipedrive.client import PipedriveClient, http_client
 from service.pipedrive.oauth import OAuthClient
@@ -50,6 +51,7 @@ class Services:
         queue: Queue,
         metrics: Metrics | None = None,
         owns_queue: bool = True,
+        media: MediaStore | None = None,
     ) -> Services:
         """Wire the clients around a database and a queue (the worker passes arq's own Redis)."""
         crypto = Crypto(settings.secret_keys)
@@ -65,7 +67,7 @@ class Services:
             http=http,
             oauth=oauth,
             pipedrive=pipedrive,
-            media=LocalMediaStore(),
+            media=media if media is not None else media_store_for(settings, db),
             coordination=Coordination(queue.redis),
             metrics=metrics or Metrics(),
             owns_queue=owns_queue,

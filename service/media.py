@@ -11,7 +11,9 @@ or extended. Links expire (`MEDIA_LINK_TTL`); attachments are therefore sent to 
 `link_expires: true`, Pipedrive HEADs the URL before use and, when it no longer answers, calls
 `getMessageById`, which builds a fresh link with `media_url` for the same stored key.
 
-`MediaStore` is kept to four calls so that an object store can replace `LocalMediaStore`.
+`MediaStore` is kept to four calls (`put_stream`, `open`, `size`, `delete`; `put` and `get` are
+built on them) so that a store shared by every process (the database, an object store) can
+replace `LocalMediaStore`, and files stream in chunks rather than being held whole.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ import re
 import secrets
 import tempfile
 import unicodedata
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import anyio
 import anyio.to_thread
 
 from service.config import VAR_DIR
 from service.crypto import BadSignature, Crypto
+from service.errors import TransientError
 
 #: The largest file we store; Pipedrive's own limit is unconfirmed (contract §7).
 MAX_MEDIA_BYTES = 20 * 1024 * 1024
@@ -60,16 +65,51 @@ class MediaTooLarge(ValueError):
     """The file is larger than `MAX_MEDIA_BYTES`."""
 
 
+class MediaUnavailable(TransientError):
+    """The store did not answer (an object store's outage or timeout): try again later."""
+
+
+#: The pieces a file is read and streamed in: small enough to keep memory flat per request.
+CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(slots=True)
+class MediaBody:
+    """An opened file: its length, known before the first byte (for Content-Length), and its
+    bytes as an async iterator of chunks. `aclose` releases what the store holds open (a file, a
+    connection) whether or not the chunks were read to the end."""
+
+    size: int
+    chunks: AsyncGenerator[bytes, None]
+
+    async def aclose(self) -> None:
+        await self.chunks.aclose()
+
+    async def read(self) -> bytes:
+        """The whole file (for an upload to a provider that takes the bytes themselves)."""
+        try:
+            return b"".join([chunk async for chunk in self.chunks])
+        finally:
+            await self.aclose()
+
+
 class MediaStore(Protocol):
     """Where re-hosted files live, by opaque key. Implementations refuse files larger than
-    `MAX_MEDIA_BYTES` (`MediaTooLarge`) and keys that `validate_key` refuses (`ValueError`)."""
+    `MAX_MEDIA_BYTES` (`MediaTooLarge`) and keys that `validate_key` refuses (`ValueError`).
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Store `data` under `key`, replacing any file there, all or nothing."""
+    Implementations: `LocalMediaStore` (a folder: `pdbridge run`), `DatabaseMediaStore`
+    (chunked rows) and `S3MediaStore` (an object store); `service.media_stores` picks one from
+    `MEDIA_STORE`. Every process on the same database or bucket sees every file, so any web
+    process serves a link any worker made."""
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
+        """Store the bytes of `chunks` under `key`, replacing any file there, all or nothing;
+        returns the length. Stops with `MediaTooLarge` (nothing stored) as soon as the bytes
+        pass `MAX_MEDIA_BYTES`, so an upload never has to be read whole first."""
         ...
 
-    async def get(self, key: str) -> bytes:
-        """The stored bytes; `MediaNotFound` when there are none."""
+    async def open(self, key: str) -> MediaBody:
+        """The stored file, to stream; `MediaNotFound` when there is none."""
         ...
 
     async def size(self, key: str) -> int:
@@ -79,6 +119,30 @@ class MediaStore(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the file; deleting a missing key is not an error."""
         ...
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` (see `put_stream`)."""
+        check_size(data)
+        await self.put_stream(key, _one(data))
+
+    async def get(self, key: str) -> bytes:
+        """The stored bytes, whole; `MediaNotFound` when there are none."""
+        return await (await self.open(key)).read()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def bounded(chunks: AsyncIterable[bytes], limit: int | None = None) -> AsyncIterator[bytes]:
+    """`chunks` unchanged, raising `MediaTooLarge` as soon as their total passes the limit."""
+    limit = MAX_MEDIA_BYTES if limit is None else limit
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise MediaTooLarge(f"more than {limit} bytes is over the media limit")
+        yield chunk
 
 
 def validate_key(key: str) -> str:
@@ -94,7 +158,8 @@ def check_size(data: bytes) -> None:
 
 
 class LocalMediaStore(MediaStore):
-    """Files in one folder, one per key; file I/O runs in worker threads."""
+    """Files in one folder, one per key; file I/O runs in worker threads. Only for one
+    machine (`pdbridge run`): another machine's processes cannot see the folder."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root if root is not None else VAR_DIR / "media"
@@ -102,31 +167,40 @@ class LocalMediaStore(MediaStore):
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
         path = self._path(key)
-        check_size(data)
-        await anyio.to_thread.run_sync(self._write, path, data)
-
-    def _write(self, path: Path, data: bytes) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
         # A leading dot keeps temp files out of the key space, so a reader never sees half a file.
-        fd, temp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        fd, temp = await anyio.to_thread.run_sync(
+            lambda: tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        )
+        total = 0
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
+            async with await anyio.open_file(fd, "wb") as handle:
+                async for chunk in bounded(chunks):
+                    await handle.write(chunk)
+                    total += len(chunk)
+                await handle.flush()
+                await anyio.to_thread.run_sync(os.fsync, handle.wrapped.fileno())
+            await anyio.to_thread.run_sync(os.replace, temp, path)
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            with anyio.CancelScope(shield=True):  # a cancelled upload leaves nothing behind
+                await anyio.to_thread.run_sync(lambda: Path(temp).unlink(missing_ok=True))
             raise
+        return total
 
-    async def get(self, key: str) -> bytes:
+    async def open(self, key: str) -> MediaBody:
         path = self._path(key)
         try:
-            return await anyio.to_thread.run_sync(path.read_bytes)
+            handle = await anyio.open_file(path, "rb")
         except FileNotFoundError:
             raise MediaNotFound(key) from None
+        try:
+            size = (await anyio.to_thread.run_sync(os.fstat, handle.wrapped.fileno())).st_size
+        except BaseException:
+            await handle.aclose()
+            raise
+        return MediaBody(size, _file_chunks(handle))
 
     async def size(self, key: str) -> int:
         path = self._path(key)
@@ -139,6 +213,14 @@ class LocalMediaStore(MediaStore):
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
+
+async def _file_chunks(handle: anyio.AsyncFile[bytes]) -> AsyncGenerator[bytes, None]:
+    try:
+        while chunk := await handle.read(CHUNK_BYTES):
+            yield chunk
+    finally:
+        await handle.aclose()
 
 
 def normalize_mime_type(mime_type: str | None) -> str:

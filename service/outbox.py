@@ -26,7 +26,7 @@ from service import queue, relay
 from service.context import Services
 from service.logging import get_logger
 from service.media import MediaNotFound
-from service.models import Channel, Message
+from service.models import Channel, Message, StoredAttachment
 from service.pipedrive import shapes
 from service.providers.base import (
     OutgoingFile,
@@ -83,16 +83,9 @@ async def send(svc: Services, channel: Channel | None, message: Message, *, last
     conversation = await conversations.get_by_pk(svc.db, message.conversation_id)
     if conversation is None:
         return "skipped"
+    by_url = svc.adapter(channel.provider).sends_files_by_url
     try:  # read before the claim: a failure here has certainly sent nothing
-        files = [
-            OutgoingFile(
-                a.name,
-                a.mime_type,
-                await svc.media.get(a.key),
-                url=shapes.attachment(svc, a)["url"],
-            )
-            for a in message.attachments
-        ]
+        files = [await _outgoing_file(svc, a, by_url=by_url) for a in message.attachments]
     except (MediaNotFound, OSError, ValueError) as error:
         reason = f"an attachment could not be read ({type(error).__name__}); send it again"
         await _fail(svc, channel, message, reason)
@@ -129,6 +122,19 @@ async def send(svc: Services, channel: Channel | None, message: Message, *, last
     await relay.advance(svc, channel, current or message, "sent")
     await relay.apply_early_statuses(svc, channel, current or message, provider_id)
     return "sent"
+
+
+async def _outgoing_file(svc: Services, stored: StoredAttachment, *, by_url: bool) -> OutgoingFile:
+    """The file as the adapter takes it. A provider that fetches our signed link itself gets
+    only the link: the file is checked to exist (so a lost file fails before anything is sent)
+    but never read."""
+    if by_url:
+        await svc.media.size(stored.key)
+        data = None
+    else:
+        data = await svc.media.get(stored.key)
+    url = shapes.attachment(svc, stored)["url"]
+    return OutgoingFile(stored.name, stored.mime_type, data, url=url)
 
 
 async def _fail(svc: Services, channel: Channel, message: Message, reason: str) -> None:

@@ -31,7 +31,7 @@ import msgpack
 import structlog
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.cron import CronJob, cron
 from arq.jobs import SerializationError, serialize_job
 from arq.typing import StartupShutdown, WorkerCoroutine
@@ -65,6 +65,10 @@ MAX_TRIES = 8
 ARQ_MAX_TRIES = MAX_TRIES + 5
 #: A single try may take this long before it counts as a transient failure.
 JOB_TIMEOUT = 120.0
+#: A running job's claim (arq's in-progress key) lasts this long unless its worker renews it, as
+#: it does every third of it: a worker killed mid-job frees the job for another worker within
+#: this time, not after arq's whole job timeout. A second run is harmless (claims and upserts).
+JOB_LEASE_SECONDS = 15.0
 #: arq drops a job that has not started by then; ours can be parked for a day's rate budget.
 JOB_EXPIRES = timedelta(days=7)
 #: Idle workers look for new jobs this often (arq's 0.5 s default would add its own latency).
@@ -439,6 +443,7 @@ async def run_job(
     for field in ("company_id", "channel"):
         if field in payload:
             structlog.contextvars.bind_contextvars(**{field: payload[field]})
+    lease = asyncio.create_task(_hold_lease(ctx["redis"], str(ctx["job_id"])))
     try:
         async with asyncio.timeout(JOB_TIMEOUT):
             result = await fn(ctx, payload)
@@ -458,9 +463,21 @@ async def run_job(
         await _count(ctx, name, "complete")
         return result
     finally:
+        lease.cancel()
         structlog.contextvars.unbind_contextvars(
             "job_id", "job", "job_try", "company_id", "channel"
         )
+
+
+async def _hold_lease(redis: ArqRedis, job_id: str) -> None:
+    """Keep the running job's in-progress key alive for `JOB_LEASE_SECONDS` at a time."""
+    key = in_progress_key_prefix + job_id
+    while True:
+        # Redis away: no other worker can take the job meanwhile either. A key arq already
+        # removed (the job ended) is not created again: PEXPIRE only touches existing keys.
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+            await redis.pexpire(key, int(JOB_LEASE_SECONDS * 1000))
+        await asyncio.sleep(JOB_LEASE_SECONDS / 3)
 
 
 async def _park(ctx: JobContext, spec: JobSpec, payload: dict[str, Any], error: Parked) -> None:
@@ -537,8 +554,18 @@ def job(
 def cron_job(
     fn: Callable[[JobContext], Awaitable[Any]], *, minute: set[int] | None, hour: set[int] | None
 ) -> CronJob:
-    """A periodic job; arq runs each occurrence once across all workers."""
-    coroutine = cast(WorkerCoroutine, fn)
+    """A periodic job; arq runs each occurrence once across all workers (holding the same
+    renewed lease as other jobs)."""
+
+    @functools.wraps(fn)
+    async def leased(ctx: JobContext) -> Any:
+        lease = asyncio.create_task(_hold_lease(ctx["redis"], str(ctx["job_id"])))
+        try:
+            return await fn(ctx)
+        finally:
+            lease.cancel()
+
+    coroutine = cast(WorkerCoroutine, leased)
     return cron(coroutine, minute=minute, hour=hour, unique=True, run_at_startup=False)
 
 
@@ -555,7 +582,7 @@ def create_worker(
     ctx: JobContext | None = None,
 ) -> Worker:
     """An arq worker with the settings every pdbridge worker shares (see architecture.md)."""
-    return Worker(
+    worker = Worker(
         functions=list(functions),
         cron_jobs=list(cron_jobs),
         queue_name=redis_keys.QUEUE_DEFAULT,
@@ -576,6 +603,10 @@ def create_worker(
         keep_result=3600,
         ctx=ctx,
     )
+    # arq claims a picked job for its whole timeout (+10 s); ours is the renewed lease from the
+    # start, so a worker killed between picking a job and running it frees it just as soon.
+    worker.in_progress_timeout_s = JOB_LEASE_SECONDS
+    return worker
 
 
 # --- running a worker -----------------------------------------------------------------------

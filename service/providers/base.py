@@ -113,12 +113,20 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class OutgoingFile:
     """A file to send; `url` is our signed, expiring link to it, for providers that fetch files
-    themselves (Twilio's MediaUrl) instead of taking an upload."""
+    themselves (Twilio's MediaUrl) instead of taking an upload. `data` is None when the
+    adapter said it only needs the link (`sends_files_by_url`): the file is never read then."""
 
     name: str
     mime_type: str
-    data: bytes
+    data: bytes | None
     url: str | None = None
+
+    @property
+    def content(self) -> bytes:
+        """The bytes to upload; a file passed by link only has none to give."""
+        if self.data is None:
+            raise ProviderPermanent(f"file {self.name} was passed by link only, not read")
+        return self.data
 
 
 @dataclass
@@ -161,6 +169,9 @@ class ProviderAdapter(Protocol):
     reply_window: timedelta | None
     #: True when one webhook URL can carry several channels' traffic (see `shares_webhooks`).
     may_share_webhooks: bool
+    #: True when the provider fetches every file from our signed link itself (Twilio): the
+    #: worker then passes `OutgoingFile.url` only and never reads the file from the store.
+    sends_files_by_url: bool
 
     def check_credentials(self, credentials: Mapping[str, Any]) -> dict[str, Any]:
         """The credentials to store, or InvalidCredentials naming what is missing."""

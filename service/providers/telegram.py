@@ -57,6 +57,7 @@ class TelegramProvider:
     template_support = False
     reply_window: timedelta | None = None
     may_share_webhooks = False
+    sends_files_by_url = False
 
     def __init__(self, api_url: str, http: httpx2.AsyncClient) -> None:
         self.api_url = api_url
@@ -223,13 +224,13 @@ class TelegramProvider:
         for index, file in enumerate(files):
             photo = (
                 file.mime_type in ("image/jpeg", "image/png")
-                and len(file.data) < PHOTO_UPLOAD_LIMIT
+                and len(file.content) < PHOTO_UPLOAD_LIMIT
             )
             method, field = ("sendPhoto", "photo") if photo else ("sendDocument", "document")
             form: dict[str, Any] = {"chat_id": str(chat_id)}
             if index == 0 and caption:
                 form["caption"] = caption
-            sends.append((method, form, {field: (file.name, file.data, file.mime_type)}))
+            sends.append((method, form, {field: (file.name, file.content, file.mime_type)}))
         if not sends:
             raise ProviderPermanent("nothing to send: the message has no text and no files")
         ids = [

@@ -126,6 +126,7 @@ class TwilioProvider:
     template_support = False
     reply_window: timedelta | None = None
     may_share_webhooks = False
+    sends_files_by_url = True
 
     def __init__(self, api_url: str, http: httpx2.AsyncClient, public_base_url: str) -> None:
         self.api_url = api_url.rstrip("/")

@@ -146,6 +146,7 @@ class WhatsAppProvider:
     template_support = True
     reply_window: timedelta | None = timedelta(hours=24)
     may_share_webhooks = True
+    sends_files_by_url = False
 
     def __init__(self, graph_url: str, http: httpx2.AsyncClient) -> None:
         self.graph_url = graph_url.rstrip("/")
@@ -495,7 +496,7 @@ class WhatsAppProvider:
         """Upload one file; returns (media id, the kind to send it as)."""
         mime = _mime_of(file)
         kind = _kind_of(file)
-        if len(file.data) > UPLOAD_LIMITS["document"]:
+        if len(file.content) > UPLOAD_LIMITS["document"]:
             raise ProviderPermanent(f"file {file.name} is over WhatsApp's 100 MB limit")
         answer = await self._call(
             token,
@@ -503,7 +504,7 @@ class WhatsAppProvider:
             f"{self.graph_url}/{number}/media",
             what="media upload",
             data={"messaging_product": "whatsapp", "type": mime},
-            files={"file": (file.name, file.data, mime)},
+            files={"file": (file.name, file.content, mime)},
         )
         media_id = answer.get("id")
         if not isinstance(media_id, str | int) or not str(media_id):
@@ -665,7 +666,7 @@ def _mime_of(file: OutgoingFile) -> str:
 def _kind_of(file: OutgoingFile) -> str:
     """What WhatsApp sends a file as: by MIME type, a document when too large for that kind."""
     kind = _KIND_BY_MIME.get(_mime_of(file), "document")
-    return "document" if len(file.data) > UPLOAD_LIMITS[kind] else kind
+    return "document" if len(file.content) > UPLOAD_LIMITS[kind] else kind
 
 
 def _split_change(number: str, change: Any) -> list[Delivery]:

@@ -370,3 +370,27 @@ person_erasures = sa.Table(
     sa.UniqueConstraint("company_id", "person_id", name="uq_person_erasures_company_id"),
     sa.Index("ix_person_erasures_due_at", "due_at"),
 )
+
+#: Re-hosted files when `MEDIA_STORE=database`: one row per file, its bytes in ordered chunks
+#: (so a file is streamed a chunk at a time, never read whole to serve it).
+media_objects = sa.Table(
+    "media_objects",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("chunks", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+media_chunks = sa.Table(
+    "media_chunks",
+    metadata,
+    sa.Column(
+        "key",
+        sa.String(200),
+        sa.ForeignKey("media_objects.key", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,18 @@ async def test_framework_errors_under_the_extension_use_its_envelope(
         },
     }
     assert stack.tg.sent == []
+
+
+async def test_a_message_refused_for_a_large_file_keeps_none_of_its_files(
+    chat: tuple[Stack, str],
+) -> None:
+    """A small file then one over 20 MB: 400, and the small one is not left in the store."""
+    stack, pcid = chat
+    files = [
+        ("small.txt", b"kept?", "text/plain"),
+        ("big.bin", b"\0" * (MAX_MEDIA_BYTES + 1), "application/octet-stream"),
+    ]
+    status, body = await post(stack, pcid, files=files)
+    assert status == 400, body
+    media = Path("var") / "media"  # the default local store, in the test's own directory
+    assert not media.exists() or list(media.iterdir()) == []
