@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     pipedrive_api_token: SecretStr | None = None
     #: How long a daily-budget park lasts before a probe call tries again (doc: 15-30 minutes).
     pipedrive_budget_probe_seconds: float = Field(default=1200.0, gt=0)
+    #: How long an outside HTTP call (Pipedrive, a provider) may wait for an answer.
+    http_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     telegram_api_url: str = "https://api.telegram.org"
     whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
     twilio_api_url: str = "https://api.twilio.com"
