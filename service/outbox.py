@@ -15,7 +15,9 @@ first:
   than a visible failure the agent can resend (chat-providers.md §1.6).
 - A message found `sending` by a later drain was interrupted mid-part (the worker died): for the
   same reason it is reported `failed`.
-- `sent` is reported with the same id through `receive`, never the internal statuses.
+- `sent` is reported with the same id through `receive`, never the internal statuses. A report
+  that fails (Pipedrive answers 5xx or too late) fails the try; the retry finds the message sent
+  but untold and tells it, without sending it again.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ async def drain(svc: Services, payload: queue.SendPayload, job_id: str, *, last_
 
 async def send(svc: Services, channel: Channel | None, message: Message, *, last_try: bool) -> str:
     """Hand one message to the provider (see the module docstring); returns its outcome."""
+    if message.status not in messages.UNSENT:
+        # Handed over already, but telling Pipedrive failed (a 5xx, a timeout): tell it now.
+        if channel is None:
+            return "skipped"
+        await relay.advance(svc, channel, message, message.status)
+        return "told"
     if channel is None or channel.status != "active":
         if channel is not None:
             await _fail(svc, channel, message, "the channel was removed")
