@@ -105,13 +105,16 @@ async def send(svc: Services, channel: Channel | None, message: Message, *, last
         reason = f"an attachment could not be read ({type(error).__name__}); send it again"
         await _fail(svc, channel, message, reason)
         return "failed"
+    # Read before the claim too: the claim is the last database call before the provider's, so
+    # a database lost in between cannot leave a message `sending` that was never handed over.
+    sent_parts = await messages.sent_parts(svc.db, message.id)
     if not await messages.move(svc.db, message.id, "pending", "sending"):
         return "skipped"  # another drain has it (only after a lost group mark)
 
     async def record(index: int, provider_id: str) -> None:
         await messages.record_part(svc.db, message, index, provider_id)
 
-    progress = SendProgress(sent=await messages.sent_parts(svc.db, message.id), record=record)
+    progress = SendProgress(sent=sent_parts, record=record)
     try:
         provider_id = await svc.adapter(channel.provider).send(
             channel, conversation.address, message.text, files, progress
