@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench lock clean
+.PHONY: run test test-faults lint bench lock clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "pdbridge needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -19,6 +19,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fault suite at full length (more messages, longer outages); prints one row per fault and
+# fails if any row lost, doubled or reordered a message or moved a status backwards.
+test-faults: $(STAMP)
+	PDBRIDGE_FAULTS=full $(BIN)/python -m pytest tests/faults -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

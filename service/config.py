@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     notes_create_persons: bool = True
     #: Notes sink: how long a person match (address -> person) is cached.
     notes_match_ttl_seconds: float = Field(default=3600.0, ge=0)
+    #: How long an outside HTTP call (Pipedrive, a provider) may wait for an answer.
+    http_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     telegram_api_url: str = "https://api.telegram.org"
     whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
     twilio_api_url: str = "https://api.twilio.com"

@@ -55,7 +55,7 @@ class Services:
     ) -> Services:
         """Wire the clients around a database and a queue (the worker passes arq's own Redis)."""
         crypto = Crypto(settings.secret_keys)
-        http = http_client()
+        http = http_client(settings.http_timeout_seconds)
         oauth = OAuthClient(settings, http)
         tokens = TokenManager(db, queue.redis, crypto, oauth)
         pipedrive = PipedriveClient(settings, db, http, tokens, RateLimiter(queue.redis))

@@ -15,7 +15,9 @@ first:
   than a visible failure the agent can resend (chat-providers.md §1.6).
 - A message found `sending` by a later drain was interrupted mid-part (the worker died): for the
   same reason it is reported `failed`.
-- `sent` is reported with the same id through `receive`, never the internal statuses.
+- `sent` is reported with the same id through `receive`, never the internal statuses. A report
+  that fails (Pipedrive answers 5xx or too late) fails the try; the retry finds the message sent
+  but untold and tells it, without sending it again.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ async def drain(svc: Services, payload: queue.SendPayload, job_id: str, *, last_
 
 async def send(svc: Services, channel: Channel | None, message: Message, *, last_try: bool) -> str:
     """Hand one message to the provider (see the module docstring); returns its outcome."""
+    if message.status not in messages.UNSENT:
+        # Handed over already, but telling Pipedrive failed (a 5xx, a timeout): tell it now.
+        if channel is None:
+            return "skipped"
+        await relay.advance(svc, channel, message, message.status)
+        return "told"
     if channel is None or channel.status != "active":
         if channel is not None:
             await _fail(svc, channel, message, "the channel was removed")
@@ -90,13 +98,16 @@ async def send(svc: Services, channel: Channel | None, message: Message, *, last
         reason = f"an attachment could not be read ({type(error).__name__}); send it again"
         await _fail(svc, channel, message, reason)
         return "failed"
+    # Read before the claim too: the claim is the last database call before the provider's, so
+    # a database lost in between cannot leave a message `sending` that was never handed over.
+    sent_parts = await messages.sent_parts(svc.db, message.id)
     if not await messages.move(svc.db, message.id, "pending", "sending"):
         return "skipped"  # another drain has it (only after a lost group mark)
 
     async def record(index: int, provider_id: str) -> None:
         await messages.record_part(svc.db, message, index, provider_id)
 
-    progress = SendProgress(sent=await messages.sent_parts(svc.db, message.id), record=record)
+    progress = SendProgress(sent=sent_parts, record=record)
     try:
         provider_id = await svc.adapter(channel.provider).send(
             channel, conversation.address, message.text, files, progress

@@ -37,6 +37,7 @@ def test_bad_port_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PUBLIC_BASE_URL", "example.com"),
         ("LOG_LEVEL", "loud"),
         ("PORT", "70000"),
+        ("HTTP_TIMEOUT_SECONDS", "0"),
     ],
 )
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

@@ -53,10 +53,10 @@ LOGGED_HEADERS = (
 )
 
 
-def http_client() -> httpx2.AsyncClient:
+def http_client(timeout: float = 30.0) -> httpx2.AsyncClient:
     """The process's one outbound HTTP client, with explicit limits and timeouts."""
     return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(30.0, connect=5.0, pool=10.0),
+        timeout=httpx2.Timeout(timeout, connect=min(5.0, timeout), pool=10.0),
         limits=httpx2.Limits(max_connections=100, max_keepalive_connections=100),
         headers={"User-Agent": f"pdbridge/{__version__}"},
         follow_redirects=False,

@@ -263,13 +263,17 @@ UNSENT = ("pending", "sending")
 
 
 async def outbox(db: Database, conversation_id: int, *, limit: int = 20) -> list[Message]:
-    """A conversation's outgoing messages not yet handed to the provider, oldest first."""
+    """A conversation's outgoing messages not yet handed to the provider, or handed over but
+    not yet reported to Pipedrive (that report failed), oldest first."""
     query = (
         sa.select(messages)
         .where(
             messages.c.conversation_id == conversation_id,
             messages.c.direction == "out",
-            messages.c.status.in_(UNSENT),
+            sa.or_(
+                messages.c.status.in_(UNSENT),
+                messages.c.pushed_status.is_distinct_from(messages.c.status),
+            ),
         )
         .order_by(messages.c.id)
         .limit(limit)

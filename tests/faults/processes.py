@@ -3,6 +3,8 @@ separate processes, wired to the Pipedrive and Telegram stand-ins on real socket
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,23 @@ BOT_TOKEN = "777009:fault-suite-bot"
 SECRET_KEY = "fault-suite-secret-key-0123456789abcdef"
 
 
+def install_through_browser(
+    url: str, pd: PipedriveStandin, company_id: int, user_id: int
+) -> httpx2.Response:
+    """Install the app as a browser does: /oauth/install sets the state cookie, Pipedrive's
+    consent redirects back with a code. The browser reaches the https PUBLIC_BASE_URL and so
+    sends the Secure cookie back; a test talks plain http to the port, so it hands it over."""
+    started = httpx2.get(f"{url}/oauth/install", timeout=30)
+    state = parse_qs(urlparse(started.headers["location"]).query)["state"][0]
+    cookie = started.headers["set-cookie"].split(";", 1)[0]
+    return httpx2.get(
+        f"{url}/oauth/callback",
+        params={"code": pd.issue_code(company_id, user_id), "state": state},
+        headers={"Cookie": cookie},
+        timeout=30,
+    )
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
     """Poll `condition` until it holds (bounded): behaviour, never a fixed sleep."""
     deadline = time.monotonic() + timeout
@@ -46,9 +65,12 @@ class Running:
     pd: PipedriveStandin
     tg: TelegramStandin
     logs: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = field(default_factory=Path)
     pcid: str = ""
     secret: str = ""
     update_id: int = field(default=1000)
+    handles: list[Any] = field(default_factory=list)
 
     def secrets(self) -> list[str]:
         """Every secret this run used: ours, the bot's, and what Pipedrive issued."""
@@ -66,19 +88,52 @@ class Running:
     def alive(self) -> dict[str, bool]:
         return {role: p.poll() is None for role, p in self.processes.items()}
 
-    def customer_says(self, chat_id: int, text: str, message_id: int) -> int:
-        """A Telegram update for `text`, as Telegram posts it; returns our answer's status."""
+    def start(self, role: str) -> None:
+        """Start (or start again, after it exited) one process of the service: `run`, `web`,
+        `worker` or `worker2` (a second worker), appending to its log."""
+        previous = self.processes.get(role)
+        assert previous is None or previous.poll() is not None, f"{role} is still running"
+        out = (self.logs / f"{role}.log").open("ab")
+        self.handles.append(out)
+        command = "worker" if role.startswith("worker") else role
+        self.processes[role] = subprocess.Popen(
+            [*PDBRIDGE, command], cwd=self.cwd, env=self.env, stdout=out, stderr=out
+        )
+
+    def signal(self, role: str, number: signal.Signals) -> None:
+        """Send a signal to one process (SIGKILL reaches it alone: its children, if any, are
+        the supervisor's business and are tested in tests/test_cli.py)."""
+        os.kill(self.processes[role].pid, number)
+
+    def wait_exited(self, role: str, timeout: float = 60.0) -> int:
+        """Wait until the process has exited; returns its exit code."""
+        return self.processes[role].wait(timeout=timeout)
+
+    def ready(self) -> bool:
+        return _ready(self.url)
+
+    def post_update(self, update: dict[str, Any]) -> int:
+        """POST a Telegram update as Telegram does; our answer's status (599: no answer)."""
+        try:
+            response = httpx2.post(
+                f"{self.url}/webhooks/telegram/{self.pcid}",
+                json=update,
+                headers={"X-Telegram-Bot-Api-Secret-Token": self.secret},
+                timeout=30,
+            )
+        except httpx2.TransportError:
+            return 599
+        return response.status_code
+
+    def text_update(self, chat_id: int, text: str, message_id: int) -> dict[str, Any]:
         self.update_id += 1
-        update = self.tg.text_update(
+        return self.tg.text_update(
             update_id=self.update_id, chat_id=chat_id, text=text, message_id=message_id
         )
-        response = httpx2.post(
-            f"{self.url}/webhooks/telegram/{self.pcid}",
-            json=update,
-            headers={"X-Telegram-Bot-Api-Secret-Token": self.secret},
-            timeout=30,
-        )
-        return response.status_code
+
+    def customer_says(self, chat_id: int, text: str, message_id: int) -> int:
+        """A Telegram update for `text`, as Telegram posts it; returns our answer's status."""
+        return self.post_update(self.text_update(chat_id, text, message_id))
 
     def agent_says(self, chat_id: int, text: str) -> httpx2.Response:
         """An agent's reply from the Pipedrive inbox (postMessage, as Pipedrive calls it)."""
@@ -114,10 +169,16 @@ def _ready(url: str) -> bool:
 
 @contextmanager
 def running_service(
-    tmp_path: Path, layout: str, redis_url: str, database_url: str | None = None
+    tmp_path: Path,
+    layout: str,
+    redis_url: str,
+    database_url: str | None = None,
+    *,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Running]:
-    """Start the service (`run`, or `web` + `worker`), install the app through OAuth and
-    connect one Telegram channel; stops everything on exit."""
+    """Start the service (`run`, or `web` + `workers` worker processes), install the app
+    through OAuth and connect one Telegram channel; stops everything on exit."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (
@@ -137,35 +198,23 @@ def running_service(
             PIPEDRIVE_API_URL=pd.base_url,
             TELEGRAM_API_URL=tg.base_url,
             LOG_FORMAT="json",
+            **(extra_env or {}),
         )
         logs = tmp_path / "logs"
         logs.mkdir(exist_ok=True)
         roles = ["run"] if layout == "run" else ["web", "worker"]
+        roles += [f"worker{n}" for n in range(2, workers + 1)] if layout != "run" else []
         if layout != "run":
             subprocess.run([*PDBRIDGE, "migrate"], cwd=tmp_path, env=env, check=True)
         processes: dict[str, subprocess.Popen[bytes]] = {}
-        handles: list[Any] = []
+        running = Running(url, processes, pd, tg, logs, env=env, cwd=tmp_path)
         try:
             for role in roles:
-                out = (logs / f"{role}.log").open("wb")
-                handles.append(out)
-                processes[role] = subprocess.Popen(
-                    [*PDBRIDGE, role], cwd=tmp_path, env=env, stdout=out, stderr=out
-                )
+                running.start(role)
             wait_until(lambda: _ready(url), "the service answers /readyz", timeout=60)
             pd.set_manifest(manifest(url))
             running = Running(url, processes, pd, tg, logs)
-            # The browser, which reaches the https PUBLIC_BASE_URL and so sends the Secure state
-            # cookie back; this test talks plain http to the port, so it hands the cookie over.
-            started = httpx2.get(f"{url}/oauth/install", timeout=30)
-            state = parse_qs(urlparse(started.headers["location"]).query)["state"][0]
-            cookie = started.headers["set-cookie"].split(";", 1)[0]
-            installed = httpx2.get(
-                f"{url}/oauth/callback",
-                params={"code": pd.issue_code(1001, 2001), "state": state},
-                headers={"Cookie": cookie},
-                timeout=30,
-            )
+            installed = install_through_browser(url, pd, 1001, 2001)
             assert installed.status_code == 200, installed.text
             channel = httpx2.post(
                 f"{url}/admin/channels",
@@ -195,5 +244,5 @@ def running_service(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-            for handle in handles:
+            for handle in running.handles:
                 handle.close()

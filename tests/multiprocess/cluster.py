@@ -27,6 +27,7 @@ from tests.faults.processes import (
     SECRET_KEY,
     Running,
     _ready,
+    install_through_browser,
     wait_until,
 )
 from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET
@@ -163,8 +164,7 @@ def running_cluster(
                 wait_until(lambda url=url: _ready(url), f"{url} answers /readyz", timeout=150)
             cluster = Cluster(urls[0], processes, pd, tg, logs, webs=urls)
             pd.set_manifest(manifest(urls[0]))
-            code = pd.issue_code(1001, 2001)
-            installed = httpx2.get(f"{urls[0]}/oauth/callback", params={"code": code}, timeout=30)
+            installed = install_through_browser(urls[0], pd, 1001, 2001)
             assert installed.status_code == 200, installed.text
             channel = httpx2.post(
                 f"{urls[-1]}/admin/channels",

@@ -68,6 +68,8 @@ API (doc §3.1-§3.5; messaging doc §2)
 Fault injection: ``fail_next(path_prefix, status, body=None, count=1)`` answers the next matching
 requests (OAuth or API) with that status before any other processing. Default bodies: 403 is the
 Cloudflare HTML block page (§3.5, gotcha 14), 429 a burst-limit answer, others a JSON envelope.
+``stall_next(path_prefix, seconds, count=1)`` holds the next matching requests that long before
+handling them as usual (a client that timed out meanwhile never learns that the call took effect).
 
 Every request that reaches the OAuth or API routes is recorded in ``requests``. Time comes from the
 injectable ``clock`` plus whatever ``advance(seconds)`` added (code/token expiry, burst windows and
@@ -114,6 +116,7 @@ beyond persons and deals, the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import copy
@@ -925,6 +928,7 @@ class PipedriveStandin(CrmMixin, Served):
         self._api_tokens: dict[str, tuple[int, int]] = {}
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
+        self._stalls: list[list[Any]] = []  # [path_prefix, seconds, remaining]
         self._refresh_calls = 0
         self._burst_limit = 80
         self._burst_window = 2.0
@@ -1128,6 +1132,23 @@ class PipedriveStandin(CrmMixin, Served):
             self._faults.append(
                 _Fault(path_prefix, method, status, body, dict(headers or {}), count)
             )
+
+    def stall_next(self, path_prefix: str, seconds: float, count: int = 1) -> None:
+        """Hold the next ``count`` requests whose path starts with ``path_prefix`` for ``seconds``,
+        then handle them as usual (recorded when handled): Pipedrive that answers too late."""
+        with self._lock:
+            self._stalls.append([path_prefix, seconds, count])
+
+    def _take_stall(self, path: str) -> float:
+        with self._lock:
+            api_path = path.removeprefix("/api") if path.startswith("/api/") else path
+            for stall in self._stalls:
+                if path.startswith(stall[0]) or api_path.startswith(stall[0]):
+                    stall[2] -= 1
+                    if stall[2] <= 0:
+                        self._stalls.remove(stall)
+                    return float(stall[1])
+        return 0.0
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -1334,6 +1355,9 @@ class PipedriveStandin(CrmMixin, Served):
 
         async def endpoint(request: Request) -> Response:
             body = await request.body()
+            stall = self._take_stall(request.url.path)
+            if stall:
+                await asyncio.sleep(stall)
             with self._lock:
                 rec = self._record(request, body)
                 response = self._take_fault(rec)

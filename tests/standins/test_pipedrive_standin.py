@@ -8,6 +8,7 @@ import copy
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -672,6 +673,26 @@ def test_fail_next_injects_server_errors_then_recovers(
     statuses = [client.get("/api/v1/users/me", headers=headers).status_code for _ in range(3)]
     assert statuses == [503, 503, 200]
     assert [r.status for r in pd.requests] == [503, 503, 200]
+
+
+def test_stall_next_answers_too_late_but_still_handles_the_call(
+    pd: PipedriveStandin, client: httpx2.Client
+) -> None:
+    """A client that gave up never learns that the stalled call took effect."""
+    token = access_token(pd)
+    register_channel(client, token)
+    headers = bearer(token)
+    pd.stall_next("/v1/channels/messages/receive", 2.0)
+    with pytest.raises(httpx2.ReadTimeout):
+        client.post(
+            "/api/v1/channels/messages/receive", json=message(), headers=headers, timeout=0.2
+        )
+    deadline = time.monotonic() + 30
+    while not pd.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m["id"] for m in pd.messages] == [message()["id"]]
+    again = client.post("/api/v1/channels/messages/receive", json=message(), headers=headers)
+    assert again.status_code == 200  # only the next call was held
 
 
 def test_fail_next_cloudflare_html_403(pd: PipedriveStandin, client: httpx2.Client) -> None:
