@@ -82,6 +82,7 @@ class Services:
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.pipedrive.aclose()
         if self.owns_queue:
             await self.queue.close()
         await self.db.dispose()

@@ -1,6 +1,8 @@
 """The Pipedrive API client: auth, the shared rate limiter, the envelope and one error tree.
 
-One `httpx2.AsyncClient` per process carries every call. For each call the client: refuses to
+Calls go over one aiohttp session per process (kept-alive connections; about a quarter of
+httpx2's CPU per request, which was a third of the relay's cost per message: see
+bench/RESULTS.md). For each call the client: refuses to
 call for an inactive installation; waits for the token's rate limiter (shared through Redis);
 sends with a bearer token (OAuth) or `x-api-token` (single-company mode); learns the limit from
 `x-ratelimit-*`; and maps the answer onto `service.pipedrive.errors`:
@@ -19,11 +21,14 @@ Every call is logged (method, path, status, estimated cost, rate-limit headers),
 
 from __future__ import annotations
 
+import json as jsonlib
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx2
 
 from service import __version__
@@ -59,6 +64,51 @@ def http_client() -> httpx2.AsyncClient:
         headers={"User-Agent": f"pdbridge/{__version__}"},
         follow_redirects=False,
     )
+
+
+def api_session() -> aiohttp.ClientSession:
+    """The session Pipedrive calls go over, with the same limits and timeouts as
+    `http_client` (created on first use: it belongs to the running event loop)."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30.0, connect=5.0, sock_connect=5.0),
+        connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+        headers={"User-Agent": f"pdbridge/{__version__}"},
+        trust_env=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One Pipedrive HTTP answer, read whole (the API answers small JSON bodies); `headers`
+    is case-insensitive."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+def _query(params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+    """Query parameters spelled as httpx spells them (True -> "true", a list repeats the key)."""
+    if not params:
+        return None
+
+    def word(value: Any) -> str:
+        if value is True or value is False:
+            return "true" if value else "false"
+        return "" if value is None else str(value)
+
+    return [
+        (key, word(item))
+        for key, value in params.items()
+        for item in (value if isinstance(value, list | tuple) else [value])
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +149,12 @@ class PipedriveClient:
         self.tokens = tokens
         self.limiter = limiter
         self.probe_seconds = settings.pipedrive_budget_probe_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def base_url(self, inst: Installation) -> str:
         if self.settings.pipedrive_api_url:
@@ -242,16 +298,30 @@ class PipedriveClient:
         token: str,
         json: Any,
         params: dict[str, Any] | None,
-    ) -> httpx2.Response:
+    ) -> Answer:
         headers = (
             {"x-api-token": token}
             if inst.auth_kind == "api_token"
             else {"Authorization": f"Bearer {token}"}
         )
+        if self._session is None or self._session.closed:
+            self._session = api_session()
         started = time.perf_counter()
-        response = await self.http.request(
-            method, f"{self.base_url(inst)}{path}", json=json, params=params, headers=headers
-        )
+        try:
+            async with self._session.request(
+                method,
+                f"{self.base_url(inst)}{path}",
+                json=json,
+                params=_query(params),
+                headers=headers,
+                allow_redirects=False,
+            ) as answer:
+                response = Answer(answer.status, answer.headers, await answer.read())
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # Unreachable, reset, timed out: another try may pass (a `receive` is an upsert).
+            raise errors.PipedriveTransient(
+                f"{method} {path}: {type(error).__name__}: {error}"
+            ) from error
         log.info(
             "pipedrive.call",
             installation=inst.key,
@@ -286,9 +356,7 @@ class PipedriveClient:
             retry_after=self.probe_seconds,
         )
 
-    async def _result(
-        self, inst: Installation, park_key: str, response: httpx2.Response
-    ) -> Envelope:
+    async def _result(self, inst: Installation, park_key: str, response: Answer) -> Envelope:
         status = response.status_code
         body = _json(response)
         if 200 <= status < 300:
@@ -325,14 +393,14 @@ class PipedriveClient:
         raise error_type(message, status=status, code=code)
 
 
-def _json(response: httpx2.Response) -> Any:
+def _json(response: Answer | httpx2.Response) -> Any:
     try:
         return response.json()
     except ValueError:
         return None
 
 
-def _error_text(body: Any, response: httpx2.Response) -> tuple[str, str | None]:
+def _error_text(body: Any, response: Answer | httpx2.Response) -> tuple[str, str | None]:
     """The human message and machine code of an error envelope (Pipedrive's or the Channels
     API's `{data: {code, message}}`), or the start of a non-JSON body."""
     if isinstance(body, dict):
@@ -346,5 +414,5 @@ def _error_text(body: Any, response: httpx2.Response) -> tuple[str, str | None]:
     return f"HTTP {response.status_code}: {response.text[:200]}", None
 
 
-def _daily_exhausted(response: httpx2.Response) -> bool:
+def _daily_exhausted(response: Answer) -> bool:
     return response.headers.get("x-daily-ratelimit-token-remaining", "").strip() == "0"

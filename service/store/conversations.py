@@ -56,6 +56,35 @@ def _conversation(row: sa.Row[Any], people: Sequence[Participant] = ()) -> Conve
     )
 
 
+def _refresh(inbound: bool) -> Any:
+    """The UPDATE ... RETURNING that refreshes a known conversation (built once per kind)."""
+    at = sa.bindparam("at", type_=UTCDateTime)
+    values: dict[str, Any] = {
+        "status": "open",
+        "last_activity_at": sa.case(
+            (conversations.c.last_activity_at < at, at), else_=conversations.c.last_activity_at
+        ),
+    }
+    if inbound:
+        values["last_inbound_at"] = sa.case(
+            (conversations.c.last_inbound_at.is_(None), at),
+            (conversations.c.last_inbound_at < at, at),
+            else_=conversations.c.last_inbound_at,
+        )
+    return (
+        conversations.update()
+        .where(
+            conversations.c.channel_id == sa.bindparam("b_channel_id"),
+            conversations.c.external_id == sa.bindparam("b_external_id"),
+        )
+        .values(**values)
+        .returning(conversations)
+    )
+
+
+_REFRESH = {True: _refresh(True), False: _refresh(False)}
+
+
 async def upsert(
     db: Database,
     *,
@@ -71,27 +100,10 @@ async def upsert(
     stored, with the participants given. The common case (a known conversation whose
     participants this process already wrote) is one statement; each statement is idempotent,
     so no transaction is held."""
-    at = sa.literal(activity_at, UTCDateTime)
-    values: dict[str, Any] = {
-        "status": "open",
-        "last_activity_at": sa.case(
-            (conversations.c.last_activity_at < at, at), else_=conversations.c.last_activity_at
-        ),
-    }
-    if inbound:
-        values["last_inbound_at"] = sa.case(
-            (conversations.c.last_inbound_at.is_(None), at),
-            (conversations.c.last_inbound_at < at, at),
-            else_=conversations.c.last_inbound_at,
-        )
-    refresh = (
-        conversations.update()
-        .where(conversations.c.channel_id == channel_id, conversations.c.external_id == external_id)
-        .values(**values)
-        .returning(conversations)
-    )
+    refresh = _REFRESH[inbound]
+    params = {"b_channel_id": channel_id, "b_external_id": external_id, "at": activity_at}
     async with db.autocommit() as conn:
-        row = (await conn.execute(refresh)).first()
+        row = (await conn.execute(refresh, params)).first()
         if row is None:
             row = (
                 await conn.execute(
@@ -108,7 +120,7 @@ async def upsert(
                     )
                     .returning(conversations)
                 )
-            ).first() or (await conn.execute(refresh)).one()  # created meanwhile: refresh it
+            ).first() or (await conn.execute(refresh, params)).one()  # created meanwhile
         conversation_id = int(row._mapping["id"])
         wanted = tuple(people)
         if db.cache.peek("participants", conversation_id) != wanted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -24,6 +26,11 @@ T = TypeVar("T")
 CACHE_SECONDS = 2.0
 #: A cache that grows past this many entries starts again empty (a bound, not an LRU).
 MAX_CACHED = 50_000
+#: A pooled PostgreSQL connection that sat idle longer than this is pinged before it is handed
+#: out (a restarted server, a proxy's idle cut). One in steady use is not: SQLAlchemy's
+#: `pool_pre_ping` would cost a round trip on every use (three outside autocommit: BEGIN, the
+#: ping, ROLLBACK), more than the query itself on the relay's hot path.
+PING_AFTER_IDLE_SECONDS = 10.0
 
 
 def async_url(database_url: str) -> URL:
@@ -44,6 +51,26 @@ def async_url(database_url: str) -> URL:
     return url
 
 
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Pre-ping only connections idle for `PING_AFTER_IDLE_SECONDS`; a dead one is replaced
+    (the pool retries the checkout), so callers never see it."""
+
+    def checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            raise DisconnectionError(f"idle connection failed its ping: {error}") from error
+
+    event.listen(engine.sync_engine, "checkin", checked_in)
+    event.listen(engine.sync_engine, "checkout", checked_out)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """WAL lets the web and worker processes read while one writes; busy_timeout waits for locks."""
     cursor = dbapi_connection.cursor()
@@ -54,6 +81,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+@functools.cache
+def insert_ignoring(sqlite: bool, table: Any) -> Any:
+    if sqlite:
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return postgresql_insert(table).on_conflict_do_nothing()
 
 
 class LocalCache:
@@ -136,7 +170,7 @@ class Database:
             # query; keep a few. SQLite serialises writers anyway, so more would only wait.
             kwargs.update(pool_size=4, max_overflow=4)
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -146,6 +180,9 @@ class Database:
         )
         if self.is_sqlite:
             event.listen(self._autocommit_engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            _ping_when_idle(self.engine)
+            _ping_when_idle(self._autocommit_engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -178,12 +215,19 @@ class Database:
         async with _writer_lock(self.url), self._autocommit_engine.connect() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that need no snapshot across statements: each runs on its
+        own, with no BEGIN and ROLLBACK round trips around it (the relay's hot path), and on
+        SQLite without waiting for the writer."""
+        async with self._autocommit_engine.connect() as conn:
+            yield conn
+
     def insert_ignoring_duplicates(self, table: Any) -> Any:
         """`INSERT ... ON CONFLICT DO NOTHING` in this backend's dialect (both support
-        RETURNING, so the caller learns which rows were new in the same round trip)."""
-        if self.is_sqlite:
-            return sqlite_insert(table).on_conflict_do_nothing()
-        return postgresql_insert(table).on_conflict_do_nothing()
+        RETURNING, so the caller learns which rows were new in the same round trip). Built once
+        per table and backend: the hot path's inserts reuse it (and its cache key)."""
+        return insert_ignoring(self.is_sqlite, table)
 
     def invalidate(self, kind: str) -> None:
         """A row of `kind` changed: drop cached copies in every Database of this process."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.models import Message, StoredAttachment, status_advances
-from service.store.engine import Database
+from service.store.engine import Database, insert_ignoring
 from service.store.schema import message_parts, messages, utcnow
 
 
@@ -60,45 +61,65 @@ class NewMessage:
     attachments: Sequence[StoredAttachment] = ()
 
 
+@functools.cache
+def _insert_returning(sqlite: bool) -> Any:
+    """The messages INSERT, built once per backend."""
+    return insert_ignoring(sqlite, messages).returning(messages)
+
+
+_EXISTING = sa.select(messages).where(
+    messages.c.channel_id == sa.bindparam("channel_id"),
+    messages.c.external_id.in_(sa.bindparam("external_ids", expanding=True)),
+)
+
+
 async def insert_many(db: Database, found: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
     """Store messages; each comes back with True when new, or as it was already stored (same
-    channel and `external_id`) with False. Each insert stands alone: after a crash half-way the
-    next try finds the first ones stored and inserts the rest."""
+    channel and `external_id`) with False. One INSERT for the lot (RETURNING the new rows), and
+    one SELECT for those stored before, if any: a retry after a crash finds them stored."""
+    if not found:
+        return []
     now = utcnow()
-    result: list[tuple[Message, bool]] = []
+    rows = [
+        {
+            "channel_id": item.channel_id,
+            "conversation_id": item.conversation_id,
+            "external_id": item.external_id,
+            "provider_message_id": item.provider_message_id,
+            "direction": item.direction,
+            "sender_id": item.sender_id,
+            "text": item.text,
+            "attachments": _as_json(item.attachments),
+            "status": item.status,
+            "created_at": item.created_at,
+            "updated_at": now,
+        }
+        for item in found
+    ]
+    new: dict[tuple[int, str], Message] = {}
+    old: dict[tuple[int, str], Message] = {}
     async with db.autocommit() as conn:
-        for item in found:
-            inserted = (
-                await conn.execute(
-                    db.insert_ignoring_duplicates(messages)
-                    .values(
-                        channel_id=item.channel_id,
-                        conversation_id=item.conversation_id,
-                        external_id=item.external_id,
-                        provider_message_id=item.provider_message_id,
-                        direction=item.direction,
-                        sender_id=item.sender_id,
-                        text=item.text,
-                        attachments=_as_json(item.attachments),
-                        status=item.status,
-                        created_at=item.created_at,
-                        updated_at=now,
-                    )
-                    .returning(messages)
-                )
-            ).first()
-            if inserted is not None:
-                result.append((_row(inserted), True))
-                continue
-            existing = (
-                await conn.execute(
-                    sa.select(messages).where(
-                        messages.c.channel_id == item.channel_id,
-                        messages.c.external_id == item.external_id,
-                    )
-                )
-            ).one()
-            result.append((_row(existing), False))
+        for row in await conn.execute(_insert_returning(db.is_sqlite), rows):
+            message = _row(row)
+            new[(message.channel_id, message.external_id)] = message
+        missing = [
+            (i.channel_id, i.external_id) for i in found if (i.channel_id, i.external_id) not in new
+        ]
+        for channel_id in {c for c, _ in missing}:
+            ids = sorted({e for c, e in missing if c == channel_id})
+            for row in await conn.execute(
+                _EXISTING, {"channel_id": channel_id, "external_ids": ids}
+            ):
+                message = _row(row)
+                old[(message.channel_id, message.external_id)] = message
+    result: list[tuple[Message, bool]] = []
+    for item in found:
+        key = (item.channel_id, item.external_id)
+        if key in new:
+            result.append((new.pop(key), True))  # the same message twice in one batch: new once
+            old[key] = result[-1][0]
+        else:
+            result.append((old[key], False))
     return result
 
 
