@@ -24,6 +24,7 @@ from __future__ import annotations
 import json as jsonlib
 import random
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,9 @@ def api_session() -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=30.0, connect=5.0, sock_connect=5.0),
         connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
         headers={"User-Agent": f"pdbridge/{__version__}"},
-        trust_env=True,
+        # Proxies from the environment, as httpx2 honours them; only when one is set, since
+        # aiohttp then also reads ~/.netrc in a thread on every request.
+        trust_env=bool(urllib.request.getproxies()),
     )
 
 
