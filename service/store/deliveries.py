@@ -149,10 +149,24 @@ _MARK_DONE = (
 )
 
 
+# The same on PostgreSQL through the driver's own prepared statements (see `Database.driver`).
+_PENDING_PG = (
+    "SELECT id, dedupe_key, payload FROM inbound_deliveries WHERE conversation_key = $1"
+    " AND status IN ('received', 'enqueued') AND source = $2 ORDER BY id LIMIT $3"
+)
+_MARK_TOLD_PG = "UPDATE messages SET pushed_status = $2, updated_at = $3 WHERE id = $1"
+_MARK_DONE_PG = (
+    "UPDATE inbound_deliveries SET status = 'done', updated_at = $2 WHERE id = ANY($1::int[])"
+)
+
+
 async def pending_for_conversation(
     db: Database, source: Source, conversation_key: str, *, limit: int = 100
 ) -> list[dict[str, Any]]:
     """The oldest deliveries of one conversation not yet relayed, in the order they arrived."""
+    if not db.is_sqlite:
+        async with db.driver() as raw:
+            return [dict(r) for r in await raw.fetch(_PENDING_PG, conversation_key, source, limit)]
     params = {"conversation_key": conversation_key, "source": source, "limit": limit}
     async with db.read() as conn:
         return [dict(r._mapping) for r in await conn.execute(_PENDING, params)]
@@ -168,6 +182,13 @@ async def mark_relayed(
     now = utcnow()
     # Either order is safe after a crash: a delivery done whose message is not marked told is
     # never read again (it was told); one not done whose message is marked is skipped.
+    if not db.is_sqlite:
+        async with db.driver() as raw:
+            if pushed:
+                await raw.executemany(_MARK_TOLD_PG, [(m, status, now) for m, status in pushed])
+            if delivery_ids:
+                await raw.execute(_MARK_DONE_PG, list(delivery_ids), now)
+        return
     async with db.autocommit() as conn:
         if pushed:
             await conn.execute(

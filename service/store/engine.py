@@ -11,11 +11,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -222,6 +223,23 @@ class Database:
         SQLite without waiting for the writer."""
         async with self._autocommit_engine.connect() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[Any]:
+        """PostgreSQL only: the asyncpg connection under a pooled autocommit connection, for the
+        relay's few statements per batch where SQLAlchemy's execution layer costs more than the
+        round trip (about 0.23 ms of CPU per statement over asyncpg's own prepared statements).
+        A connection lost meanwhile leaves the pool and is raised as SQLAlchemy's (transient)
+        OperationalError, as through SQLAlchemy."""
+        if self.is_sqlite:
+            raise TypeError("driver() is for PostgreSQL")
+        async with self._autocommit_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
+                await conn.invalidate()
+                raise OperationalError("(asyncpg)", None, error) from error
 
     def insert_ignoring_duplicates(self, table: Any) -> Any:
         """`INSERT ... ON CONFLICT DO NOTHING` in this backend's dialect (both support
