@@ -41,8 +41,9 @@ async def _with_participants(
     return [_conversation(r, people[r._mapping["id"]]) for r in rows]
 
 
-def _conversation(row: sa.Row[Any], people: Sequence[Participant] = ()) -> Conversation:
-    m = row._mapping
+def _conversation(row: Any, people: Sequence[Participant] = ()) -> Conversation:
+    """From a SQLAlchemy row or an asyncpg record."""
+    m = row._mapping if isinstance(row, sa.Row) else row
     return Conversation(
         id=m["id"],
         channel_id=m["channel_id"],
@@ -83,6 +84,22 @@ def _refresh(inbound: bool) -> Any:
 
 
 _REFRESH = {True: _refresh(True), False: _refresh(False)}
+#: The same for PostgreSQL's driver (see `Database.driver`): $1 channel, $2 external id, $3 time.
+_ACTIVITY_PG = (
+    "last_activity_at = CASE WHEN last_activity_at < $3::timestamptz THEN $3::timestamptz"
+    " ELSE last_activity_at END"
+)
+_INBOUND_PG = (
+    "last_inbound_at = CASE WHEN last_inbound_at IS NULL OR last_inbound_at < $3::timestamptz"
+    " THEN $3::timestamptz ELSE last_inbound_at END"
+)
+_WHERE_PG = " WHERE channel_id = $1 AND external_id = $2 RETURNING *"
+_SET_PG = "UPDATE conversations SET status = 'open', "
+# Constant pieces only; the values are bound.
+_REFRESH_PG = {
+    True: _SET_PG + _ACTIVITY_PG + ", " + _INBOUND_PG + _WHERE_PG,
+    False: _SET_PG + _ACTIVITY_PG + _WHERE_PG,
+}
 
 
 async def upsert(
@@ -100,6 +117,13 @@ async def upsert(
     stored, with the participants given. The common case (a known conversation whose
     participants this process already wrote) is one statement; each statement is idempotent,
     so no transaction is held."""
+    if not db.is_sqlite:
+        # The common case in one prepared statement; anything else takes the path below (whose
+        # refresh, repeated, changes nothing).
+        async with db.driver() as raw:
+            record = await raw.fetchrow(_REFRESH_PG[inbound], channel_id, external_id, activity_at)
+        if record is not None and db.cache.peek("participants", record["id"]) == tuple(people):
+            return _conversation(record, people)
     refresh = _REFRESH[inbound]
     params = {"b_channel_id": channel_id, "b_external_id": external_id, "at": activity_at}
     async with db.autocommit() as conn:
