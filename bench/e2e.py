@@ -354,6 +354,58 @@ def steady_rate(times: list[float]) -> float:
 Row = tuple[str, str, str, float | None]
 
 
+@dataclass
+class Burst:
+    """Figure 5: the other chats' added latency while one chat takes a burst, and alone."""
+
+    count: int
+    posted_in: float
+    alone: list[float]
+    during: list[float]
+    outcome: Outcome
+    load: Load
+
+    def rows(self) -> list[Row]:
+        return [(f"5 others' added latency, {self.count} in one chat, p50 / p99 ms",
+                 ms(self.during), f"{ms(self.alone)} without the burst",
+                 p50_ratio(self.during, self.alone))]  # fmt: skip
+
+    def delay_ms(self, q: float) -> float:
+        return (pct(self.during, q) - pct(self.alone, q)) * 1e3 if self.during else float("nan")
+
+    def line(self) -> str:
+        return (f"the burst's {self.count} updates posted in {self.posted_in:.2f} s "
+                f"({self.outcome.line(self.load)}); it delayed the other chats' messages by "
+                f"{self.delay_ms(0.5):.0f} ms at p50 and {self.delay_ms(0.99):.0f} ms at p99 "
+                f"(target: at most 100 ms)")  # fmt: skip
+
+
+async def burst_delay(s: Stack, service: Target, plans: Plans, count: int, chats: int) -> Burst:
+    """`count` updates to one new chat as fast as taken (one at a time, as Telegram sends a
+    chat's updates), and meanwhile the other chats' updates at 20/s; the others' added latency
+    (POST to `receive`) against the same paced updates without the burst, just before."""
+    others, rate = 30, 20.0
+
+    async def paced() -> tuple[Load, Outcome]:
+        load = await service.paced(plans.make(others, chats), rate)
+        return load, analyse(load, await s.drain(len(load.sent), 30))
+
+    def added(load: Load, out: Outcome) -> list[float]:
+        return [out.arrivals[k] - t for k, t in load.sent.items() if k in out.arrivals]
+
+    await s.standin("POST", "/_bench/reset")
+    alone = added(*await paced())
+    await s.standin("POST", "/_bench/reset")
+    blast = asyncio.ensure_future(service.blast(plans.make(count, 1, first_chat=5_000_000), 1))
+    await asyncio.sleep(0.05)
+    during_load = await service.paced(plans.make(others, chats), rate)
+    burst = await blast
+    receipts = await s.drain(len(burst.sent) + len(during_load.sent), 60)
+    during = added(during_load, analyse(during_load, receipts))
+    return Burst(count, burst.finished - burst.started, alone, during, analyse(burst, receipts),
+                 burst)  # fmt: skip
+
+
 def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterator[str]) -> None:
     plans, n, chats, conc = Plans(), args.e2e_messages, args.e2e_conversations, args.e2e_concurrency
     headers = {"x-telegram-bot-api-secret-token": SECRET}
@@ -386,6 +438,20 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
         end = max(out1.arrivals.values(), default=load1.finished)
         relay_rate = relayed / max(1e-9, end - load1.started)
         others = [label for label in spent if label not in service_roles]
+
+        # 5: one chat's burst, and the other chats' messages meanwhile.
+        burst = asyncio.run(burst_delay(s, service, plans, args.burst_messages, chats))
+        problems = [f"relay stack: {log_problems(s.log)}"]
+        rows: list[Row] = [
+            ("1 relay msg/s, first POST to last receive", f"{relay_rate:.1f}",
+             f"{direct1.rate:.0f} straight to the stand-in", relay_rate / direct1.rate),
+            *burst.rows(),
+        ]  # fmt: skip
+        if args.relay_only:
+            report(rows, problems, profiles)
+            report_relay(spent, service_roles, others, elsewhere, relayed, n, end, load1, out1)
+            print(f"  5: {burst.line()}")
+            return
 
         # 3: a fixed rate, straight to the stand-in and then through the service.
         asyncio.run(s.standin("POST", "/_bench/reset"))
@@ -423,10 +489,7 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
         problems.append(f"rate-limit stack: {log_problems(s.log)}")
     steady = steady_rate(list(out4.arrivals.values()))
 
-    service_cpu = sum(spent[role] for role in service_roles)
-    rows: list[Row] = [
-        ("1 relay msg/s, first POST to last receive", f"{relay_rate:.1f}",
-         f"{direct1.rate:.0f} straight to the stand-in", relay_rate / direct1.rate),
+    rows[1:1] = [
         ("2 ingest req/s, while relaying (in 1)", f"{load1.rate:.0f}",
          f"{bare1.rate:.0f} bare Starlette", load1.rate / bare1.rate),
         ("  its POSTs, p50 / p99 ms", ms(load1.latencies), ms(bare1.latencies),
@@ -438,27 +501,23 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
         ("4 receive 2xx/s mid-drain, limit 80 per 2 s", f"{steady:.1f}", "40 allowed",
          steady / 40),
     ]  # fmt: skip
-    print(f"  {'ratio = pdbridge / baseline':46} {'pdbridge':>16}   {'baseline':34} {'ratio':>7}")
-    for name, value, baseline, ratio in rows:
-        shown = f"{ratio:.3f}" if ratio is not None else ""
-        print(f"  {name:46} {value:>16}   {baseline:34} {shown:>7}")
-    print(
-        f"  1: other programs on the machine used {elsewhere:.2f} of "
-        f"{os.cpu_count()} cores meanwhile (py-spy counts there); load average "
-        + " ".join(f"{x:.1f}" for x in os.getloadavg())
-    )
-    cpu_each = service_cpu / max(1, relayed) * 1e3
-    print(
-        f"  1: service CPU per relayed message {cpu_each:.2f} ms, by role "
-        f"{per_message(spent, service_roles, relayed)}; also {per_message(spent, others, relayed)}"
-    )
-    print(f"  1: {n} updates in {end - load1.started:.1f} s: {out1.line(load1)}")
+    report(rows, problems, profiles)
+    report_relay(spent, service_roles, others, elsewhere, relayed, n, end, load1, out1)
     print(
         f"  2: paced {len(load2.sent)} updates for {args.paced_seconds:.0f} s: {out2.line(load2)}"
     )
     print(f"  3: {m} updates for {args.latency_seconds:.0f} s: {out3.line(load3)}")
     print(f"  4: {args.ratelimit_messages} updates: {out4.line(load4)}; {len(out4.throttled)} "
           f"answered 429, {inside} sent inside a reset window a 429 announced")  # fmt: skip
+    print(f"  5: {burst.line()}")
+
+
+def report(rows: list[Row], problems: list[str], profiles: dict[str, Path]) -> None:
+    """The table of figures against their baselines, the service's complaints, the profiles."""
+    print(f"  {'ratio = pdbridge / baseline':46} {'pdbridge':>16}   {'baseline':34} {'ratio':>7}")
+    for name, value, baseline, ratio in rows:
+        shown = f"{ratio:.3f}" if ratio is not None else ""
+        print(f"  {name:46} {value:>16}   {baseline:34} {shown:>7}")
     for line in problems:
         print(f"  service log (warning and up), {line}")
     for role, folded in profiles.items():
@@ -473,6 +532,31 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
                 print(f"    {share * 100:5.1f}%  {frame:56} {under * 100:5.1f}%  {mine}")
 
 
+def report_relay(
+    spent: dict[str, float],
+    service_roles: list[str],
+    others: list[str],
+    elsewhere: float,
+    relayed: int,
+    n: int,
+    end: float,
+    load1: Load,
+    out1: Outcome,
+) -> None:
+    """Figure 1's CPU lines: the service's CPU per relayed message, by role."""
+    print(
+        f"  1: other programs on the machine used {elsewhere:.2f} of "
+        f"{os.cpu_count()} cores meanwhile (py-spy counts there); load average "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
+    cpu_each = sum(spent[role] for role in service_roles) / max(1, relayed) * 1e3
+    print(
+        f"  1: service CPU per relayed message {cpu_each:.2f} ms, by role "
+        f"{per_message(spent, service_roles, relayed)}; also {per_message(spent, others, relayed)}"
+    )
+    print(f"  1: {n} updates in {end - load1.started:.1f} s: {out1.line(load1)}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("e2e (the whole service as subprocesses)")
     add = group.add_argument
@@ -484,7 +568,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--paced-seconds", type=float, default=5.0, metavar="S", help="2's paced length (5)")
     add("--ratelimit-messages", type=int, default=600, metavar="N", help="updates for 4 (600)")
     add("--wait", type=float, default=120.0, metavar="S", help="longest wait for a drain (120)")
+    add("--burst-messages", type=int, default=300, metavar="N", help="one chat's burst in 5 (300)")
     add("--profile", action="store_true", help="py-spy the service's processes during 1")
+    add("--relay-only", action="store_true", help="only 1 (relay, CPU, profile) and 5 (burst)")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

@@ -71,6 +71,9 @@ def configure_logging(settings: Settings) -> None:
     shared = shared_processors()
     structlog.configure(
         processors=[
+            # First: an event below LOG_LEVEL is dropped before any processor runs (the relay
+            # logs per message at info; at warning those lines would otherwise be built whole).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),

@@ -41,8 +41,9 @@ async def _with_participants(
     return [_conversation(r, people[r._mapping["id"]]) for r in rows]
 
 
-def _conversation(row: sa.Row[Any], people: Sequence[Participant] = ()) -> Conversation:
-    m = row._mapping
+def _conversation(row: Any, people: Sequence[Participant] = ()) -> Conversation:
+    """From a SQLAlchemy row or an asyncpg record."""
+    m = row._mapping if isinstance(row, sa.Row) else row
     return Conversation(
         id=m["id"],
         channel_id=m["channel_id"],
@@ -54,6 +55,51 @@ def _conversation(row: sa.Row[Any], people: Sequence[Participant] = ()) -> Conve
         last_activity_at=m["last_activity_at"],
         participants=tuple(people),
     )
+
+
+def _refresh(inbound: bool) -> Any:
+    """The UPDATE ... RETURNING that refreshes a known conversation (built once per kind)."""
+    at = sa.bindparam("at", type_=UTCDateTime)
+    values: dict[str, Any] = {
+        "status": "open",
+        "last_activity_at": sa.case(
+            (conversations.c.last_activity_at < at, at), else_=conversations.c.last_activity_at
+        ),
+    }
+    if inbound:
+        values["last_inbound_at"] = sa.case(
+            (conversations.c.last_inbound_at.is_(None), at),
+            (conversations.c.last_inbound_at < at, at),
+            else_=conversations.c.last_inbound_at,
+        )
+    return (
+        conversations.update()
+        .where(
+            conversations.c.channel_id == sa.bindparam("b_channel_id"),
+            conversations.c.external_id == sa.bindparam("b_external_id"),
+        )
+        .values(**values)
+        .returning(conversations)
+    )
+
+
+_REFRESH = {True: _refresh(True), False: _refresh(False)}
+#: The same for PostgreSQL's driver (see `Database.driver`): $1 channel, $2 external id, $3 time.
+_ACTIVITY_PG = (
+    "last_activity_at = CASE WHEN last_activity_at < $3::timestamptz THEN $3::timestamptz"
+    " ELSE last_activity_at END"
+)
+_INBOUND_PG = (
+    "last_inbound_at = CASE WHEN last_inbound_at IS NULL OR last_inbound_at < $3::timestamptz"
+    " THEN $3::timestamptz ELSE last_inbound_at END"
+)
+_WHERE_PG = " WHERE channel_id = $1 AND external_id = $2 RETURNING *"
+_SET_PG = "UPDATE conversations SET status = 'open', "
+# Constant pieces only; the values are bound.
+_REFRESH_PG = {
+    True: _SET_PG + _ACTIVITY_PG + ", " + _INBOUND_PG + _WHERE_PG,
+    False: _SET_PG + _ACTIVITY_PG + _WHERE_PG,
+}
 
 
 async def upsert(
@@ -71,27 +117,17 @@ async def upsert(
     stored, with the participants given. The common case (a known conversation whose
     participants this process already wrote) is one statement; each statement is idempotent,
     so no transaction is held."""
-    at = sa.literal(activity_at, UTCDateTime)
-    values: dict[str, Any] = {
-        "status": "open",
-        "last_activity_at": sa.case(
-            (conversations.c.last_activity_at < at, at), else_=conversations.c.last_activity_at
-        ),
-    }
-    if inbound:
-        values["last_inbound_at"] = sa.case(
-            (conversations.c.last_inbound_at.is_(None), at),
-            (conversations.c.last_inbound_at < at, at),
-            else_=conversations.c.last_inbound_at,
-        )
-    refresh = (
-        conversations.update()
-        .where(conversations.c.channel_id == channel_id, conversations.c.external_id == external_id)
-        .values(**values)
-        .returning(conversations)
-    )
+    if not db.is_sqlite:
+        # The common case in one prepared statement; anything else takes the path below (whose
+        # refresh, repeated, changes nothing).
+        async with db.driver() as raw:
+            record = await raw.fetchrow(_REFRESH_PG[inbound], channel_id, external_id, activity_at)
+        if record is not None and db.cache.peek("participants", record["id"]) == tuple(people):
+            return _conversation(record, people)
+    refresh = _REFRESH[inbound]
+    params = {"b_channel_id": channel_id, "b_external_id": external_id, "at": activity_at}
     async with db.autocommit() as conn:
-        row = (await conn.execute(refresh)).first()
+        row = (await conn.execute(refresh, params)).first()
         if row is None:
             row = (
                 await conn.execute(
@@ -108,7 +144,7 @@ async def upsert(
                     )
                     .returning(conversations)
                 )
-            ).first() or (await conn.execute(refresh)).one()  # created meanwhile: refresh it
+            ).first() or (await conn.execute(refresh, params)).one()  # created meanwhile
         conversation_id = int(row._mapping["id"])
         wanted = tuple(people)
         if db.cache.peek("participants", conversation_id) != wanted:

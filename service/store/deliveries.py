@@ -119,24 +119,57 @@ async def count_by_status(db: Database, source: Source) -> dict[str, int]:
         return {str(status): int(n) for status, n in await conn.execute(query)}
 
 
+#: `status IN ('received', 'enqueued')` with the words in the SQL: no expanding parameter to
+#: rewrite on every execution.
+_IS_OPEN = inbound_deliveries.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN])
+
+# The relay's hot path runs these for every batch: built once (and so compiled and cache-keyed
+# once), executed with bound values.
+_PENDING = (
+    sa.select(
+        inbound_deliveries.c.id, inbound_deliveries.c.dedupe_key, inbound_deliveries.c.payload
+    )
+    .where(
+        inbound_deliveries.c.conversation_key == sa.bindparam("conversation_key"),
+        _IS_OPEN,
+        inbound_deliveries.c.source == sa.bindparam("source"),
+    )
+    .order_by(inbound_deliveries.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_MARK_TOLD = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("message_id"))
+    .values(pushed_status=sa.bindparam("pushed"), updated_at=sa.bindparam("now"))
+)
+_MARK_DONE = (
+    inbound_deliveries.update()
+    .where(inbound_deliveries.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(status="done", updated_at=sa.bindparam("now"))
+)
+
+
+# The same on PostgreSQL through the driver's own prepared statements (see `Database.driver`).
+_PENDING_PG = (
+    "SELECT id, dedupe_key, payload FROM inbound_deliveries WHERE conversation_key = $1"
+    " AND status IN ('received', 'enqueued') AND source = $2 ORDER BY id LIMIT $3"
+)
+_MARK_TOLD_PG = "UPDATE messages SET pushed_status = $2, updated_at = $3 WHERE id = $1"
+_MARK_DONE_PG = (
+    "UPDATE inbound_deliveries SET status = 'done', updated_at = $2 WHERE id = ANY($1::int[])"
+)
+
+
 async def pending_for_conversation(
     db: Database, source: Source, conversation_key: str, *, limit: int = 100
 ) -> list[dict[str, Any]]:
     """The oldest deliveries of one conversation not yet relayed, in the order they arrived."""
-    query = (
-        sa.select(
-            inbound_deliveries.c.id, inbound_deliveries.c.dedupe_key, inbound_deliveries.c.payload
-        )
-        .where(
-            inbound_deliveries.c.conversation_key == conversation_key,
-            inbound_deliveries.c.status.in_(OPEN),
-            inbound_deliveries.c.source == source,
-        )
-        .order_by(inbound_deliveries.c.id)
-        .limit(limit)
-    )
-    async with db.engine.connect() as conn:
-        return [dict(r._mapping) for r in await conn.execute(query)]
+    if not db.is_sqlite:
+        async with db.driver() as raw:
+            return [dict(r) for r in await raw.fetch(_PENDING_PG, conversation_key, source, limit)]
+    params = {"conversation_key": conversation_key, "source": source, "limit": limit}
+    async with db.read() as conn:
+        return [dict(r._mapping) for r in await conn.execute(_PENDING, params)]
 
 
 async def mark_relayed(
@@ -144,23 +177,26 @@ async def mark_relayed(
 ) -> None:
     """One batch is through: its deliveries are done and Pipedrive was told each message's
     status (a crash before this re-tells them: `receive` is an upsert)."""
+    if not delivery_ids and not pushed:
+        return
     now = utcnow()
     # Either order is safe after a crash: a delivery done whose message is not marked told is
     # never read again (it was told); one not done whose message is marked is skipped.
+    if not db.is_sqlite:
+        async with db.driver() as raw:
+            if pushed:
+                await raw.executemany(_MARK_TOLD_PG, [(m, status, now) for m, status in pushed])
+            if delivery_ids:
+                await raw.execute(_MARK_DONE_PG, list(delivery_ids), now)
+        return
     async with db.autocommit() as conn:
         if pushed:
             await conn.execute(
-                messages.update()
-                .where(messages.c.id == sa.bindparam("message_id"))
-                .values(pushed_status=sa.bindparam("pushed"), updated_at=now),
-                [{"message_id": m, "pushed": status} for m, status in pushed],
+                _MARK_TOLD,
+                [{"message_id": m, "pushed": status, "now": now} for m, status in pushed],
             )
         if delivery_ids:
-            await conn.execute(
-                inbound_deliveries.update()
-                .where(inbound_deliveries.c.id.in_(delivery_ids))
-                .values(status="done", updated_at=now)
-            )
+            await conn.execute(_MARK_DONE, {"ids": list(delivery_ids), "now": now})
 
 
 async def drop_pending(db: Database, conversation_key: str) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json as jsonlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.models import Message, StoredAttachment, status_advances
-from service.store.engine import Database
+from service.store.engine import Database, insert_ignoring
 from service.store.schema import message_parts, messages, utcnow
 
 
@@ -19,7 +21,11 @@ def _attachments(raw: Any) -> tuple[StoredAttachment, ...]:
 
 
 def _row(row: sa.Row[Any]) -> Message:
-    m = row._mapping
+    return _message(row._mapping)
+
+
+def _message(m: Any) -> Message:
+    """A message from a row's mapping (SQLAlchemy's, or an asyncpg record)."""
     return Message(
         id=m["id"],
         channel_id=m["channel_id"],
@@ -64,46 +70,122 @@ class NewMessage:
     attachments: Sequence[StoredAttachment] = ()
 
 
+@functools.cache
+def _insert_returning(sqlite: bool) -> Any:
+    """The messages INSERT, built once per backend."""
+    return insert_ignoring(sqlite, messages).returning(messages)
+
+
+_EXISTING = sa.select(messages).where(
+    messages.c.channel_id == sa.bindparam("channel_id"),
+    messages.c.external_id.in_(sa.bindparam("external_ids", expanding=True)),
+)
+
+
 async def insert_many(db: Database, found: Sequence[NewMessage]) -> list[tuple[Message, bool]]:
     """Store messages; each comes back with True when new, or as it was already stored (same
-    channel and `external_id`) with False. Each insert stands alone: after a crash half-way the
-    next try finds the first ones stored and inserts the rest."""
+    channel and `external_id`) with False. One INSERT for the lot (RETURNING the new rows), and
+    one SELECT for those stored before, if any: a retry after a crash finds them stored."""
+    if not found:
+        return []
     now = utcnow()
-    result: list[tuple[Message, bool]] = []
+    rows = [
+        {
+            "channel_id": item.channel_id,
+            "conversation_id": item.conversation_id,
+            "external_id": item.external_id,
+            "provider_message_id": item.provider_message_id,
+            "direction": item.direction,
+            "sender_id": item.sender_id,
+            "text": item.text,
+            "attachments": _as_json(item.attachments),
+            "status": item.status,
+            "created_at": item.created_at,
+            "updated_at": now,
+        }
+        for item in found
+    ]
+    new: dict[tuple[int, str], Message] = {}
+    old: dict[tuple[int, str], Message] = {}
+    if not db.is_sqlite:
+        new, old = await _insert_many_pg(db, found, rows)
+        return _matched(found, new, old)
     async with db.autocommit() as conn:
-        for item in found:
-            inserted = (
-                await conn.execute(
-                    db.insert_ignoring_duplicates(messages)
-                    .values(
-                        channel_id=item.channel_id,
-                        conversation_id=item.conversation_id,
-                        external_id=item.external_id,
-                        provider_message_id=item.provider_message_id,
-                        direction=item.direction,
-                        sender_id=item.sender_id,
-                        text=item.text,
-                        attachments=_as_json(item.attachments),
-                        status=item.status,
-                        created_at=item.created_at,
-                        updated_at=now,
-                    )
-                    .returning(messages)
-                )
-            ).first()
-            if inserted is not None:
-                result.append((_row(inserted), True))
-                continue
-            existing = (
-                await conn.execute(
-                    sa.select(messages).where(
-                        messages.c.channel_id == item.channel_id,
-                        messages.c.external_id == item.external_id,
-                    )
-                )
-            ).one()
-            result.append((_row(existing), False))
+        for row in await conn.execute(_insert_returning(db.is_sqlite), rows):
+            message = _row(row)
+            new[(message.channel_id, message.external_id)] = message
+        missing = [
+            (i.channel_id, i.external_id) for i in found if (i.channel_id, i.external_id) not in new
+        ]
+        for channel_id in {c for c, _ in missing}:
+            ids = sorted({e for c, e in missing if c == channel_id})
+            for row in await conn.execute(
+                _EXISTING, {"channel_id": channel_id, "external_ids": ids}
+            ):
+                message = _row(row)
+                old[(message.channel_id, message.external_id)] = message
+    return _matched(found, new, old)
+
+
+def _matched(
+    found: Sequence[NewMessage],
+    new: dict[tuple[int, str], Message],
+    old: dict[tuple[int, str], Message],
+) -> list[tuple[Message, bool]]:
+    """Each message to store with what is stored now, and whether this call stored it."""
+    result: list[tuple[Message, bool]] = []
+    for item in found:
+        key = (item.channel_id, item.external_id)
+        if key in new:
+            result.append((new.pop(key), True))  # the same message twice in one batch: new once
+            old[key] = result[-1][0]
+        else:
+            result.append((old[key], False))
     return result
+
+
+_COLUMNS = (
+    "channel_id, conversation_id, external_id, provider_message_id, direction, sender_id, text,"
+    " attachments, status, created_at, updated_at"
+)
+#: One row's placeholders, numbered from {0}: the JSON goes as text, the times as timestamptz.
+_ROW = (
+    "(${0}, ${1}, ${2}, ${3}, ${4}, ${5}, ${6}, ${7}::json, ${8}, ${9}::timestamptz,"
+    " ${10}::timestamptz)"
+)
+_EXISTING_PG = "SELECT * FROM messages WHERE channel_id = $1 AND external_id = ANY($2::text[])"
+
+
+def _insert_sql(count: int) -> str:
+    """The multi-row INSERT for `count` messages (the driver prepares each size once)."""
+    values = ", ".join(_ROW.format(*range(1 + 11 * i, 12 + 11 * i)) for i in range(count))
+    # Only constant column names and numbered placeholders are joined; the values are bound.
+    sql = f"INSERT INTO messages ({_COLUMNS}) VALUES {values}"  # noqa: S608
+    return f"{sql} ON CONFLICT DO NOTHING RETURNING *"
+
+
+async def _insert_many_pg(
+    db: Database, found: Sequence[NewMessage], rows: list[dict[str, Any]]
+) -> tuple[dict[tuple[int, str], Message], dict[tuple[int, str], Message]]:
+    """`insert_many` on PostgreSQL through the driver's prepared statements (see
+    `Database.driver`): the new messages, and those stored before."""
+    args: list[Any] = []
+    for row in rows:
+        args += [row[c] for c in _COLUMNS.replace(" ", "").split(",")]
+        args[-4] = jsonlib.dumps(row["attachments"])
+    new: dict[tuple[int, str], Message] = {}
+    old: dict[tuple[int, str], Message] = {}
+    async with db.driver() as raw:
+        for record in await raw.fetch(_insert_sql(len(rows)), *args):
+            message = _message(record)
+            new[(message.channel_id, message.external_id)] = message
+        missing = {(i.channel_id, i.external_id) for i in found} - new.keys()
+        for channel_id in {c for c, _ in missing}:
+            ids = sorted(e for c, e in missing if c == channel_id)
+            for record in await raw.fetch(_EXISTING_PG, channel_id, ids):
+                message = _message(record)
+                old[(message.channel_id, message.external_id)] = message
+    return new, old
 
 
 async def get(db: Database, channel_id: int, external_id: str) -> Message | None:

@@ -1,0 +1,158 @@
+"""Floors of the relay's per-message costs: process CPU per call of a bare loop of each.
+
+`python -m bench.floors [N] [REDIS_URL] [POSTGRES_URL]`: an httpx2 POST, an aiohttp POST and a
+raw asyncio POST to the bench's Pipedrive stand-in, a Redis EVALSHA, an asyncpg prepared
+statement round trip, and a SQLAlchemy Core SELECT with its connection checkout (autocommit).
+"""
+
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import uvloop
+
+from service.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS = sys.argv[2] if len(sys.argv) > 2 else "redis://127.0.0.1:6379/15"
+PG = sys.argv[3] if len(sys.argv) > 3 else "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def httpx_loop(port, n):
+    body = {"id": "x", "conversation_id": "c", "channel_id": "bench-channel", "message": "hello 1"}
+    async with httpx2.AsyncClient(headers={"User-Agent": "b"}) as c:
+        for _ in range(50):
+            await c.post(
+                f"http://127.0.0.1:{port}/api/v1/channels/messages/receive",
+                json=body,
+                headers={"x-api-token": "bench"},
+            )
+        c0 = cpu()
+        for _i in range(n):
+            r = await c.post(
+                f"http://127.0.0.1:{port}/api/v1/channels/messages/receive",
+                json=body,
+                headers={"x-api-token": "bench"},
+            )
+            r.json()
+        return (cpu() - c0) / n
+
+
+async def aio_loop(port, n):
+    import aiohttp
+
+    body = {"id": "x", "conversation_id": "c", "channel_id": "bench-channel", "message": "hello 1"}
+    async with aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{port}/api/v1/channels/messages/receive"
+        for _ in range(50):
+            async with s.post(url, json=body, headers={"x-api-token": "bench"}) as r:
+                await r.read()
+        c0 = cpu()
+        for _i in range(n):
+            async with s.post(url, json=body, headers={"x-api-token": "bench"}) as r:
+                json.loads(await r.read())
+        return (cpu() - c0) / n
+
+
+async def raw_loop(port, n):
+    from bench.loadgen import Connection
+
+    conn = Connection(port)
+    body = json.dumps(
+        {"id": "x", "conversation_id": "c", "channel_id": "bench-channel", "message": "hello 1"}
+    ).encode()
+    for _ in range(50):
+        await conn.request(
+            "POST", "/api/v1/channels/messages/receive", body, {"x-api-token": "bench"}
+        )
+    c0 = cpu()
+    for _i in range(n):
+        _st, b = await conn.request(
+            "POST", "/api/v1/channels/messages/receive", body, {"x-api-token": "bench"}
+        )
+        json.loads(b)
+    return (cpu() - c0) / n
+
+
+async def redis_loop(url, n):
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(url)
+    s = r.register_script("return redis.call('TIME')")
+    for _ in range(50):
+        await s()
+    c0 = cpu()
+    for _ in range(n):
+        await s()
+    t = (cpu() - c0) / n
+    await r.aclose()
+    return t
+
+
+async def pg_loop(n):
+    import asyncpg
+
+    c = await asyncpg.connect(PG)
+    st = await c.prepare("SELECT $1::int")
+    for _ in range(50):
+        await st.fetch(1)
+    c0 = cpu()
+    for i in range(n):
+        await st.fetch(i)
+    t = (cpu() - c0) / n
+    await c.close()
+    return t
+
+
+async def sa_loop(n):
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    e = create_async_engine(
+        PG.replace("postgresql://", "postgresql+asyncpg://"), isolation_level="AUTOCOMMIT"
+    )
+    q = sa.select(sa.bindparam("x", type_=sa.Integer))
+    async with e.connect() as conn:
+        for _ in range(50):
+            await conn.execute(q, {"x": 1})
+    c0 = cpu()
+    for i in range(n):
+        async with e.connect() as conn:
+            (await conn.execute(q, {"x": i})).all()
+    t = (cpu() - c0) / n
+    await e.dispose()
+    return t
+
+
+def main():
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "bench.standin", "--port", str(port)], cwd=ROOT)
+    time.sleep(1.5)
+    try:
+        n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+        uvloop.install()
+        print(f"httpx2 POST  {asyncio.run(httpx_loop(port, n)) * 1e6:.0f} us CPU/call")
+        try:
+            print(f"aiohttp POST {asyncio.run(aio_loop(port, n)) * 1e6:.0f} us CPU/call")
+        except ImportError:
+            print("aiohttp POST (not installed: pip install aiohttp to compare)")
+        print(f"raw POST     {asyncio.run(raw_loop(port, n)) * 1e6:.0f} us CPU/call")
+        print(f"redis EVALSHA {asyncio.run(redis_loop(REDIS, n)) * 1e6:.0f} us CPU/call")
+        print(f"asyncpg prepared fetch {asyncio.run(pg_loop(n)) * 1e6:.0f} us CPU/call")
+        print(f"SQLAlchemy SELECT + checkout {asyncio.run(sa_loop(n)) * 1e6:.0f} us CPU/call")
+    finally:
+        p.terminate()
+
+
+if __name__ == "__main__":
+    main()

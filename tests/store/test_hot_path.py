@@ -1,0 +1,94 @@
+"""The relay's hot-path statements: what they read and mark, and how they ride out a
+PostgreSQL connection the server dropped (they skip SQLAlchemy's per-use pre-ping)."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from service.errors import is_transient
+from service.store import Database, deliveries, engine
+from service.store.migrate import upgrade
+
+pytestmark = pytest.mark.anyio
+
+GROUP = "tg:1:42"
+
+
+async def _record(db: Database, *keys: str, group: str = GROUP) -> None:
+    await deliveries.record_many(
+        db,
+        "telegram",
+        [
+            deliveries.NewDelivery(
+                k, "relay_conversation", {"raw": {"n": k}}, conversation_key=group
+            )
+            for k in keys
+        ],
+    )
+
+
+async def test_pending_reads_one_conversation_in_order_until_marked_done(db: Database) -> None:
+    """The pending read gives a conversation's open deliveries oldest first, with their
+    payloads, and nothing of another conversation; once marked done they are gone."""
+    await _record(db, "u1", "u2", "u3")
+    await _record(db, "other", group="tg:1:43")
+    rows = await deliveries.pending_for_conversation(db, "telegram", GROUP, limit=2)
+    assert [(r["dedupe_key"], r["payload"]) for r in rows] == [
+        ("u1", {"raw": {"n": "u1"}}),
+        ("u2", {"raw": {"n": "u2"}}),
+    ]
+    await deliveries.mark_relayed(db, [r["id"] for r in rows], [])
+    rest = await deliveries.pending_for_conversation(db, "telegram", GROUP)
+    assert [r["dedupe_key"] for r in rest] == ["u3"]
+    assert await deliveries.count_by_status(db, "telegram") == {"done": 2, "received": 2}
+
+
+async def _drop_every_connection(url: str) -> None:
+    """What a PostgreSQL restart does to the pool: the server ends every session."""
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
+async def test_an_idle_connection_the_server_dropped_is_replaced_unseen(
+    database_url_postgres: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection idle past the ping threshold is pinged, found dead and replaced:
+    the caller never sees the drop."""
+    monkeypatch.setattr(engine, "PING_AFTER_IDLE_SECONDS", 0.0)
+    db = Database(database_url_postgres)
+    try:
+        await upgrade(db)
+        await _record(db, "u1")
+        assert len(await deliveries.pending_for_conversation(db, "telegram", GROUP)) == 1
+        await _drop_every_connection(database_url_postgres)
+        assert len(await deliveries.pending_for_conversation(db, "telegram", GROUP)) == 1
+        await deliveries.mark_relayed(db, [1], [])
+        assert await deliveries.pending_for_conversation(db, "telegram", GROUP) == []
+    finally:
+        await db.dispose()
+
+
+async def test_a_busy_connection_the_server_dropped_fails_once_as_transient(
+    database_url_postgres: str,
+) -> None:
+    """A connection in steady use is not pinged: when the server drops it, one call fails with
+    an error the queue retries, the connection leaves the pool, and the next call works."""
+    db = Database(database_url_postgres)
+    try:
+        await upgrade(db)
+        await _record(db, "u1")
+        assert len(await deliveries.pending_for_conversation(db, "telegram", GROUP)) == 1
+        await _drop_every_connection(database_url_postgres)
+        with pytest.raises(Exception) as caught:  # noqa: PT011 -- checked below
+            await deliveries.pending_for_conversation(db, "telegram", GROUP)
+        assert is_transient(caught.value), repr(caught.value)
+        assert len(await deliveries.pending_for_conversation(db, "telegram", GROUP)) == 1
+    finally:
+        await db.dispose()
