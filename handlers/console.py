@@ -168,10 +168,11 @@ async def login(request: Request) -> Response:
     ):
         await sessions.count_failure(client)
         log.warning("console.login_failed", client=client)
+        kept = _safe_next(next_path) if isinstance(next_path, str) else PREFIX
         return _render(
             request,
             "console/login.html",
-            {"error": "That is not the admin token.", "next": PREFIX},
+            {"error": "That is not the admin token.", "next": kept},
             status=401,
         )
     _, cookie = await sessions.open(token)

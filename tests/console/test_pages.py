@@ -55,6 +55,7 @@ async def test_pages_show_the_installation_channel_queue_and_conversation(
     page = (await operator.http.get(f"{UI}/conversations/{conversation.id}")).text
     assert "Hello from Maja" in page
     assert re.search(r'status <span class="status">(sent|delivered|read)</span>', page)
+    assert '<span class="status pushed">sent</span>' in page  # Pipedrive has it
 
 
 async def test_search_finds_a_conversation_by_customer(world: Stack, operator: Browser) -> None:
@@ -97,6 +98,10 @@ async def test_replay_from_the_console_delivers_the_dead_letter(
     [letter_id] = re.findall(rf"{UI}/dead-letters/(\d+)/replay", listing)
     assert "retry_delivery" in listing
 
+    [conversation] = await conversations.search(world.bridge.services.db)
+    waiting = (await operator.http.get(f"{UI}/conversations/{conversation.id}")).text
+    assert '<span class="status pushed bad">not yet</span>' in waiting
+
     replayed = await operator.post(f"{UI}/dead-letters/{letter_id}/replay")
     assert replayed.status_code == 303
     assert replayed.headers["location"] == f"{UI}/dead-letters?replayed={letter_id}"
@@ -109,4 +114,6 @@ async def test_replay_from_the_console_delivers_the_dead_letter(
     assert "Nothing is waiting" in after
     everything = (await operator.http.get(f"{UI}/dead-letters?all=1")).text
     assert "replayed" in everything
+    delivered = (await operator.http.get(f"{UI}/conversations/{conversation.id}")).text
+    assert '<span class="status pushed">sent</span>' in delivered
     assert (await operator.post(f"{UI}/dead-letters/987654/replay")).status_code == 404
