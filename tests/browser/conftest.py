@@ -51,9 +51,11 @@ class Camera:
         return target
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Browser]:
-    """A headless Chromium for the session; skips when the machine has none."""
+    """A headless Chromium; skips when the machine has none. Per test, not per session:
+    Playwright's sync API runs an event loop in this thread while it is open, and the async
+    tests that follow need the thread to themselves."""
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     with sync_playwright() as playwright:

@@ -88,5 +88,13 @@ def test_replay_a_dead_letter_from_the_console(tmp_path: Path, page: Page, camer
             page.get_by_role("link", name="Overview").click()
             expect(page.locator("#job-outcomes")).to_contain_text("retry_delivery")
             camera.shoot(page, "overview")
+
+            # on a phone: the page fits the screen's width (wide tables scroll inside their box)
+            page.set_viewport_size({"width": 390, "height": 844})
+            for name in ("Channels", "Dead letters", "Installations"):
+                page.locator("nav").get_by_role("link", name=name).click()
+                fits = "document.documentElement.scrollWidth <= window.innerWidth"
+                assert page.evaluate(fits), name
+            camera.shoot(page, "phone")
     finally:
         redis.stop()
