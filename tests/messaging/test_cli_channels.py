@@ -81,6 +81,7 @@ def test_channels_add_with_the_notes_sink_and_set_sink(
         PIPEDRIVE_API_TOKEN=API_TOKEN,
         PIPEDRIVE_API_URL=pd.base_url,
         TELEGRAM_API_URL=tg.base_url,
+        SECRET_KEY="cli-channels-secret-0123456789abcdef",
         LOG_FORMAT="json",
     )
 
