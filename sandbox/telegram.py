@@ -87,7 +87,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import Served
+from sandbox.server import Served
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -250,7 +250,7 @@ class TelegramStandin(Served):
     def __init__(
         self,
         *,
-        bot_token: str = "123456:TEST-token",  # noqa: S107 - a fake for tests
+        bot_token: str = "123456:TEST-token",
         bot_id: int | None = None,
         bot_username: str = "pdbridge_test_bot",
         send_delay: float = 0.0,
