@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -41,10 +42,20 @@ setInterval(async () => {
 class Inbox:
     """The /inbox pages on the emulator."""
 
-    def __init__(self, pd: PipedriveStandin, *, chat_url: str, service_url: str) -> None:
+    def __init__(
+        self,
+        pd: PipedriveStandin,
+        *,
+        chat_url: str,
+        service_url: str,
+        set_sink: Callable[[str, str], int] | None = None,
+    ) -> None:
         self.pd = pd
         self.chat_url = chat_url
         self.service_url = service_url
+        #: Moves a channel to a sink at the service (the admin API); (pcid, sink) → HTTP status.
+        self.set_sink = set_sink
+        self._sinks: dict[str, str] = {}  # what the inbox last set, per provider_channel_id
 
     def mount(self) -> None:
         """Serve the pages on the emulator, ahead of its API routes."""
@@ -52,6 +63,8 @@ class Inbox:
             Route("/inbox", self._page, methods=["GET"]),
             Route("/inbox/live", self._live, methods=["GET"]),
             Route("/inbox/reply", self._reply, methods=["POST"]),
+            Route("/inbox/sink", self._sink, methods=["POST"]),
+            Route("/inbox/note", self._note, methods=["POST"]),
         ]
 
     # ------------------------------------------------------------------ the model
@@ -66,13 +79,17 @@ class Inbox:
         return dict(grouped)
 
     def participants(self) -> dict[str, dict[str, str]]:
-        """conversation id → {role: participant id}, from the app's answers to Pipedrive."""
+        """conversation id → {role: participant id, "name": the customer's name}, from the app's
+        answers to Pipedrive."""
         found: dict[str, dict[str, str]] = {}
         for callback in self.pd.callbacks:
             data = callback.body.get("data") if isinstance(callback.body, dict) else None
             for conversation in data if isinstance(data, list) else [data]:
                 if isinstance(conversation, dict) and "participants" in conversation:
                     roles = {p["role"]: p["id"] for p in conversation["participants"]}
+                    for p in conversation["participants"]:
+                        if p["role"] == "end_user" and p.get("name"):
+                            roles["name"] = p["name"]
                     found[str(conversation["id"])] = roles
         return found
 
@@ -95,8 +112,19 @@ class Inbox:
             parts.append("<p>No channel connected yet.</p>")
         for c in channels:
             parts.append(f"<p>{html.escape(c['name'])} <small>({c['provider_type']})</small></p>")
+            if self.set_sink is not None:
+                pcid = html.escape(c["provider_channel_id"])
+                sink = self._sinks.get(c["provider_channel_id"], "channels")
+                other = "notes" if sink == "channels" else "channels"
+                parts.append(
+                    '<form method="post" action="/inbox/sink">'
+                    f'<input type="hidden" name="channel" value="{pcid}">'
+                    f"<small>Sink: {sink}</small> "
+                    f'<button name="sink" value="{other}">Switch to {other}</button></form>'
+                )
         parts.append("<h2>Conversations</h2>")
         conversations = self.conversations()
+        names = self.participants()
         if not conversations:
             parts.append(
                 f'<p>None yet: <a href="{html.escape(self.chat_url)}" target="_blank">'
@@ -106,16 +134,31 @@ class Inbox:
             query = urlencode({"channel": ch, "conversation": conv})
             on = ' class="on"' if (ch, conv) == (channel, conversation) else ""
             last = html.escape(str(messages[-1].get("message") or "(attachment)"))[:60]
-            parts.append(f'<a{on} href="/inbox?{query}"><b>{html.escape(conv)}</b><br>{last}</a>')
-        notes = self.pd.notes
-        if notes or self.pd.persons:
-            parts.append("<h2>Notes</h2>")
+            title = html.escape(names.get(conv, {}).get("name", conv))
+            parts.append(f'<a{on} href="/inbox?{query}"><b>{title}</b><br>{last}</a>')
+        if self.pd.persons:
+            parts.append("<h2>Persons (notes sink)</h2>")
             for person in self.pd.persons:
-                parts.append(f"<p><b>{html.escape(str(person.get('name')))}</b></p>")
-                for note in self.pd.notes_of(person["id"]):
-                    content = html.escape(str(note.get("content", "")))
-                    parts.append(f'<div class="note">{content}</div>')
+                count = len(self.pd.notes_of(person["id"]))
+                name = html.escape(str(person.get("name")))
+                parts.append(f'<a href="/inbox?person={person["id"]}">{name} · {count} notes</a>')
         return "\n".join(parts)
+
+    def _notes(self, person_id: int) -> str:
+        notes = self.pd.notes_of(person_id)
+        if not notes:
+            return '<li class="hint">No notes yet.</li>'
+        return "\n".join(
+            f'<li class="note">{html.escape(str(n.get("content", "")))}'
+            f"<br><small>{html.escape(str(n.get('add_time')))}</small></li>"
+            for n in notes
+        )
+
+    def _person(self, request: Request) -> int | None:
+        raw = request.query_params.get("person")
+        if raw is None or not raw.isdigit():
+            return None
+        return int(raw) if any(p["id"] == int(raw) for p in self.pd.persons) else None
 
     def _messages(self, channel: str | None, conversation: str | None) -> str:
         messages = self.conversations().get((channel or "", conversation or ""), [])
@@ -142,9 +185,19 @@ class Inbox:
 
     async def _page(self, request: Request) -> Response:
         channel, conversation = self._selected(request)
+        person = self._person(request)
         error = request.query_params.get("error")
         form = ""
-        if channel and conversation:
+        if person is not None:
+            channel = conversation = None
+            form = (
+                '<form method="post" action="/inbox/note" class="reply">'
+                f'<input type="hidden" name="person" value="{person}">'
+                '<textarea name="content" rows="3" required placeholder="Write a note; start it '
+                'with /reply to send it to the customer"></textarea>'
+                '<button type="submit">Add note</button></form>'
+            )
+        elif channel and conversation:
             form = (
                 '<form method="post" action="/inbox/reply" enctype="multipart/form-data" '
                 'class="reply">'
@@ -162,18 +215,58 @@ class Inbox:
             + (f'<p class="error">{html.escape(error)}</p>' if error else "")
             + f'<main><nav id="sidebar">{self._sidebar(channel, conversation)}</nav>'
             f'<section><ul id="messages" class="messages">'
-            f"{self._messages(channel, conversation)}</ul>{form}</section></main>"
+            f"{self._main(channel, conversation, person)}</ul>{form}</section></main>"
         )
         return HTMLResponse(page("Pipedrive inbox (sandbox)", body, SCRIPT))
 
     async def _live(self, request: Request) -> Response:
         channel, conversation = self._selected(request)
+        person = self._person(request)
         return JSONResponse(
             {
                 "sidebar": self._sidebar(channel, conversation),
-                "messages": self._messages(channel, conversation),
+                "messages": self._main(channel, conversation, person),
             }
         )
+
+    def _main(self, channel: str | None, conversation: str | None, person: int | None) -> str:
+        if person is not None:
+            return self._notes(person)
+        return self._messages(channel, conversation)
+
+    # ------------------------------------------------------------------ notes mode
+
+    async def _sink(self, request: Request) -> Response:
+        """Move a channel between the Messaging inbox and notes (the service's admin API)."""
+        async with request.form(max_files=0, max_fields=2) as form:
+            channel = str(form.get("channel") or "")
+            sink = str(form.get("sink") or "")
+        if sink not in ("channels", "notes") or self.set_sink is None:
+            return _page_error("The sink is channels or notes.", 400)
+        if channel not in {c["provider_channel_id"] for c in self.pd.channels}:
+            return _page_error("No such channel.", 404)
+        status = await run_in_threadpool(self.set_sink, channel, sink)
+        if status != 200:
+            return _page_error(f"The service answered {status}.", 502)
+        self._sinks[channel] = sink
+        return RedirectResponse("/inbox", status_code=303)
+
+    async def _note(self, request: Request) -> Response:
+        """An agent writes a note in Pipedrive; Pipedrive's note webhook tells the service."""
+        async with request.form(max_files=0, max_fields=2) as form:
+            raw = str(form.get("person") or "")
+            content = str(form.get("content") or "").strip()
+        person = int(raw) if raw.isdigit() else None
+        if person is None or all(p["id"] != person for p in self.pd.persons):
+            return _page_error("No such person.", 404)
+        if not content:
+            return _page_error("Write a note.", 400)
+        note = self.pd.add_user_note(content, person_id=person)
+        try:
+            await run_in_threadpool(self.pd.deliver_note_webhooks, self.service_url, note["id"])
+        except AssertionError:
+            return _page_error("The app registered no note webhook.", 409)
+        return RedirectResponse(f"/inbox?person={person}", status_code=303)
 
     # ------------------------------------------------------------------ replying
 
@@ -211,6 +304,11 @@ class Inbox:
             reason = f"postMessage answered {answer.status_code}: {answer.text[:300]}"
             return _back(channel, conversation, reason, 502)
         return _back(channel, conversation, None, 303)
+
+
+def _page_error(reason: str, status: int) -> Response:
+    body = f'<p class="error">{html.escape(reason)}</p><a href="/inbox">Back</a>'
+    return HTMLResponse(page("Not done", body), status_code=status)
 
 
 def _back(channel: str, conversation: str, error: str | None, status: int) -> Response:

@@ -99,6 +99,18 @@ def connect_channel(url: str, admin_token: str, bot_token: str) -> str:
     return str(answer.json()["provider_channel_id"])
 
 
+def set_sink(url: str, admin_token: str, provider_channel_id: str, sink: str) -> int:
+    """PATCH /admin/channels/{id}: the inbox's switch between channels and notes."""
+    answer = httpx2.patch(
+        f"{url}/admin/channels/{provider_channel_id}",
+        headers={"Authorization": f"Bearer {admin_token}"},
+        json={"sink": sink},
+        timeout=30,
+        trust_env=False,
+    )
+    return answer.status_code
+
+
 def service_env(
     pd: PipedriveStandin, tg: TelegramStandin, url: str, admin_token: str
 ) -> dict[str, str]:
@@ -150,7 +162,12 @@ def run_sandbox(port: int, admin_token: str | None = None) -> int:
         pd.start()
         tg.start()
         chat = CustomerChat(tg)
-        Inbox(pd, chat_url=f"{tg.base_url}/chat", service_url=url).mount()
+        Inbox(
+            pd,
+            chat_url=f"{tg.base_url}/chat",
+            service_url=url,
+            set_sink=lambda pcid, sink: set_sink(url, admin_token, pcid, sink),
+        ).mount()
         chat.mount()
         child = subprocess.Popen(
             [sys.executable, "-m", "service", "run"],

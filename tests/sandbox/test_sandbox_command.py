@@ -194,3 +194,54 @@ def test_bad_input_is_refused_with_a_reason(sandbox: Sandbox) -> None:
         timeout=10,
     )
     assert unknown.status_code == 404
+
+
+def test_notes_mode_shows_notes_and_a_reply_note_reaches_the_customer(sandbox: Sandbox) -> None:
+    """Last in the file: it moves the channel to the notes sink."""
+    page = httpx2.get(sandbox.inbox, timeout=10).text
+    channel = re.search(
+        r'action="/inbox/sink"><input type="hidden" name="channel" value="([^"]+)"', page
+    )
+    assert channel is not None
+    moved = httpx2.post(
+        f"{sandbox.inbox}/sink", data={"channel": channel.group(1), "sink": "notes"}, timeout=30
+    )
+    assert moved.status_code == 303
+    assert "Sink: notes" in httpx2.get(sandbox.inbox, timeout=10).text
+    sent = httpx2.post(f"{sandbox.chat}/send", data={"text": "please note this"}, timeout=30)
+    assert sent.status_code == 303
+    found: list[str] = []
+
+    def noted() -> bool:
+        for person in re.findall(
+            r"/inbox\?person=(\d+)", httpx2.get(sandbox.inbox, timeout=10).text
+        ):
+            if (
+                "please note this"
+                in httpx2.get(f"{sandbox.inbox}?person={person}", timeout=10).text
+            ):
+                found.append(person)
+                return True
+        return False
+
+    poll(noted, "the customer's message shows as a note on their person")
+    note = httpx2.post(
+        f"{sandbox.inbox}/note",
+        data={"person": found[0], "content": "/reply Noted, thanks"},
+        timeout=30,
+    )
+    assert note.status_code == 303, note.text
+    poll(
+        lambda: (
+            re.search(
+                r'data-status="delivered">[^<]*Noted, thanks',
+                httpx2.get(f"{sandbox.chat}/messages", timeout=10).text,
+            )
+            is not None
+        ),
+        "the /reply note reaches the customer",
+    )
+    bad = httpx2.post(
+        f"{sandbox.inbox}/note", data={"person": "999999", "content": "x"}, timeout=10
+    )
+    assert bad.status_code == 404
