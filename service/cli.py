@@ -235,7 +235,11 @@ def cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_sandbox(port: int) -> int:
     # The one place the service touches the sandbox package, lazily: production never loads it.
-    from sandbox.runner import run_sandbox
+    try:
+        from sandbox.runner import run_sandbox
+    except ImportError as error:  # an install without the dev extras (jsonschema)
+        log.error("sandbox.unavailable", reason=str(error), fix="pip install -e '.[dev]'")
+        return 2
 
     return run_sandbox(port)
 
