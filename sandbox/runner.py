@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,11 +132,24 @@ def service_env(
     return env
 
 
+def port_free(port: int) -> bool:
+    """Whether the service's port can be bound (so a busy one fails at once, by name)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def run_sandbox(port: int, admin_token: str | None = None) -> int:
     """Run until SIGINT/SIGTERM; 0 on a clean stop, 1 when a step of the start failed."""
     from service.children import die_with_parent
     from service.pipedrive.manifest import manifest
 
+    if not port_free(port):
+        log.error("sandbox.port_in_use", port=port, fix="set PORT to a free port")
+        return 1
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -8,6 +8,7 @@ import html
 import queue
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
+import psutil
 import pytest
 
 from service.embedded_redis import free_port
@@ -71,8 +73,11 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         output: list[str] = []
+        descendants: list[psutil.Process] = []
         try:
-            yield _announced(lines, output, log)
+            announced = _announced(lines, output, log)
+            descendants = psutil.Process(process.pid).children(recursive=True)
+            yield announced
         finally:
             process.send_signal(signal.SIGINT)  # Ctrl-C stops everything
             try:
@@ -83,6 +88,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
                 raise
             reader.join(timeout=10)
     assert code == 0, log.read_text()[-3000:]
+    assert descendants  # `run`, its worker process and the embedded Redis...
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert alive == []  # ...all stopped with it
 
 
 def _announced(lines: queue.Queue[str | None], output: list[str], log: Path) -> Sandbox:
@@ -245,3 +253,21 @@ def test_notes_mode_shows_notes_and_a_reply_note_reaches_the_customer(sandbox: S
         f"{sandbox.inbox}/note", data={"person": "999999", "content": "x"}, timeout=10
     )
     assert bad.status_code == 404
+
+
+def test_a_busy_port_stops_it_at_once_naming_the_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*PDBRIDGE, "sandbox"],
+            cwd=tmp_path,
+            env=env_with(PORT=str(port), LOG_FORMAT="json"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert "sandbox.port_in_use" in done.stderr
+    assert "http" not in done.stdout  # no URL for a sandbox that is not there
