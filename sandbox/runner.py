@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
@@ -201,7 +200,7 @@ def run_sandbox(port: int, admin_token: str | None = None) -> int:
             install(url)
             pcid = connect_channel(url, admin_token, bot_token)
             log.info("sandbox.ready", provider_channel_id=pcid, service=url)
-            _announce(pd, tg, url, admin_token)
+            _announce(pd, admin_token)
         while not stopping and child.poll() is None:
             time.sleep(0.2)
     except SandboxError as error:
@@ -220,15 +219,15 @@ def run_sandbox(port: int, admin_token: str | None = None) -> int:
     return 0 if stopping else 1
 
 
-def _announce(pd: PipedriveStandin, tg: TelegramStandin, url: str, admin_token: str) -> None:
-    """The inbox URL alone on its line (what to open), then what else is there."""
-    lines: list[Any] = [
+def _announce(pd: PipedriveStandin, admin_token: str) -> None:
+    """The one URL to open, alone on its line, then the admin token (the admin API's bearer)."""
+    lines = [
         "",
-        "pdbridge sandbox is up. Open the Pipedrive inbox:",
+        "pdbridge sandbox is up. Open the Pipedrive inbox (it links to the customer's chat):",
         f"{pd.base_url}/inbox",
-        f"(the customer's chat: {tg.base_url}/chat; the service: {url}; "
-        f"ADMIN_TOKEN={admin_token}; Ctrl-C stops everything)",
+        f"ADMIN_TOKEN={admin_token}",
+        "Ctrl-C stops everything.",
         "",
     ]
-    sys.stdout.write("\n".join(str(line) for line in lines) + "\n")
+    sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()

@@ -105,7 +105,8 @@ def _announced(lines: queue.Queue[str | None], output: list[str], log: Path) -> 
     after = lines.get(timeout=5)
     assert after is not None
     output.append(after)
-    chat = re.search(r"the customer's chat: (\S+);", after)
+    # The customer's side is one click away, linked from the inbox.
+    chat = re.search(r'href="(http://127\.0\.0\.1:\d+/chat)"', httpx2.get(line, timeout=10).text)
     assert chat is not None, output
     return Sandbox(line, chat.group(1), output)
 
