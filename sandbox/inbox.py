@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from sandbox.page import page
+from sandbox.page import note_html, page
 from sandbox.pipedrive import PipedriveStandin
 
 #: The largest file the reply box sends (the service refuses more than 20 MB itself).
@@ -149,7 +149,7 @@ class Inbox:
         if not notes:
             return '<li class="hint">No notes yet.</li>'
         return "\n".join(
-            f'<li class="note">{html.escape(str(n.get("content", "")))}'
+            f'<li class="note">{note_html(str(n.get("content", "")))}'
             f"<br><small>{html.escape(str(n.get('add_time')))}</small></li>"
             for n in notes
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from html.parser import HTMLParser
 
 STYLE = """
 body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#21232c}
@@ -33,3 +34,35 @@ def page(title: str, body: str, script: str = "") -> str:
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
         f"<body>{body}{script}</body></html>"
     )
+
+
+#: Tags a note may keep when shown (Pipedrive notes are HTML); every attribute is dropped.
+NOTE_TAGS = frozenset({"p", "b", "strong", "i", "em", "u", "small", "br", "ul", "ol", "li", "div"})
+
+
+class _NoteCleaner(HTMLParser):
+    """Rebuild a note's HTML from allowed tags without attributes and escaped text, so a note
+    shows formatted but can never carry script, links or styles into the inbox."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in NOTE_TAGS:
+            self.out.append(f"<{tag}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in NOTE_TAGS and tag != "br":
+            self.out.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        self.out.append(html.escape(data))
+
+
+def note_html(content: str) -> str:
+    """A note's HTML with only harmless formatting left."""
+    cleaner = _NoteCleaner()
+    cleaner.feed(content)
+    cleaner.close()
+    return "".join(cleaner.out)
