@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-faults lint bench lock clean
+.PHONY: run test test-faults lint bench lock clean screenshots
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "pdbridge needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -33,6 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The browser tests (Debian's chromium), writing step screenshots to tests/artifacts/screenshots/
+# and the README's images to docs/screenshots/.
+screenshots: $(STAMP)
+	PDBRIDGE_README_SCREENSHOTS=1 $(BIN)/python -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -14,6 +14,7 @@ from starlette.routing import Mount
 
 from handlers import (
     admin,
+    console,
     error_response,
     health,
     manifest,
@@ -85,6 +86,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             *provider_webhooks.routes,
             *manifest.routes,
             *media.routes,
+            *console.routes,
             Mount("/admin", app=admin.admin_app(token)),
         ],
         lifespan=lifespan,

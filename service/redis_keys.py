@@ -47,3 +47,8 @@ PERSON_MATCH = "pdbridge:person-match:"
 OAUTH_STATE_USED = "pdbridge:oauth-state:"
 #: Per client IP: token exchanges for codes we did not know, in the current minute.
 OAUTH_EXCHANGES = "pdbridge:oauth-exchanges:"
+#: Operator console sessions (handlers/console.py): `{prefix}{session id}` -> JSON with the CSRF
+#: token and a hash of the admin token it was opened with; lives as long as the session cookie.
+CONSOLE_SESSION = "pdbridge:console-session:"
+#: Per client IP: failed console logins in the current minute (a counter that expires).
+CONSOLE_LOGIN_FAILURES = "pdbridge:console-login-failures:"

@@ -250,3 +250,31 @@ async def find_participant(db: Database, channel_id: int, external_id: str) -> P
     async with db.engine.connect() as conn:
         row = (await conn.execute(query)).first()
     return _participant(row) if row else None
+
+
+async def search(db: Database, text: str = "", *, limit: int = 50) -> list[Conversation]:
+    """Conversations of every channel, newest activity first; with `text`, only those whose
+    customer matches it (participant name or id, the conversation's address or id), ignoring
+    case. The operator console's conversation browser."""
+    query = sa.select(conversations)
+    wanted = text.strip().lower()
+    if wanted:
+        matching_people = sa.select(participants.c.conversation_id).where(
+            sa.or_(
+                sa.func.lower(participants.c.name).contains(wanted, autoescape=True),
+                sa.func.lower(participants.c.external_id).contains(wanted, autoescape=True),
+            )
+        )
+        query = query.where(
+            sa.or_(
+                sa.func.lower(conversations.c.address).contains(wanted, autoescape=True),
+                sa.func.lower(conversations.c.external_id).contains(wanted, autoescape=True),
+                conversations.c.id.in_(matching_people),
+            )
+        )
+    query = query.order_by(
+        conversations.c.last_activity_at.desc(), conversations.c.id.desc()
+    ).limit(limit)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+        return await _with_participants(conn, rows)

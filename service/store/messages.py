@@ -379,3 +379,20 @@ async def stuck_outboxes(db: Database, older_than: datetime) -> list[tuple[int, 
     )
     async with db.engine.connect() as conn:
         return [(int(c), int(v)) for c, v in await conn.execute(query)]
+
+
+async def last_times(db: Database, channel_ids: Sequence[int]) -> dict[int, dict[str, datetime]]:
+    """Per channel, when its last inbound (`in`) and outbound (`out`) message was recorded;
+    a direction with no message is absent. The operator console's sign of life per channel."""
+    found: dict[int, dict[str, datetime]] = {i: {} for i in channel_ids}
+    if not found:
+        return found
+    query = (
+        sa.select(messages.c.channel_id, messages.c.direction, sa.func.max(messages.c.created_at))
+        .where(messages.c.channel_id.in_(list(found)))
+        .group_by(messages.c.channel_id, messages.c.direction)
+    )
+    async with db.engine.connect() as conn:
+        for channel_id, direction, at in await conn.execute(query):
+            found[channel_id][direction] = at
+    return found

@@ -213,7 +213,6 @@ def running_service(
                 running.start(role)
             wait_until(lambda: _ready(url), "the service answers /readyz", timeout=60)
             pd.set_manifest(manifest(url))
-            running = Running(url, processes, pd, tg, logs)
             installed = install_through_browser(url, pd, 1001, 2001)
             assert installed.status_code == 200, installed.text
             channel = httpx2.post(

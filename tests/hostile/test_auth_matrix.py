@@ -12,6 +12,7 @@ from the table fails the test, so a new route cannot skip this.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,9 +23,10 @@ import httpx2
 import pytest
 from starlette.routing import Mount, Route
 
+from tests.conftest import ADMIN_TOKEN
 from tests.hostile.conftest import Live
 from tests.hostile.world import OTHER_APP_SECRET, World, basic
-from tests.pipedrive.bridge import CLIENT_ID, PUBLIC_URL
+from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET, PUBLIC_URL
 
 NONE, WRONG, OTHER, RIGHT = "no credentials", "wrong credentials", "another tenant's", "right"
 WAYS = (NONE, WRONG, OTHER, RIGHT)
@@ -252,8 +254,63 @@ def uninstall() -> Build:
     return build
 
 
+CONSOLE_COOKIE = "pdbridge_console"
+
+
+async def _console_login(world: World) -> tuple[str, str]:
+    """Log in to the console in a browser of its own; its session cookie and CSRF token."""
+    async with httpx2.AsyncClient(
+        transport=world.http._transport,  # type: ignore[attr-defined]
+        base_url=PUBLIC_URL,
+    ) as operator:
+        answer = await operator.post("/admin/ui/login", data={"token": ADMIN_TOKEN})
+        assert answer.status_code == 303, answer.text[:300]
+        page = await operator.get("/admin/ui")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        return str(operator.cookies[CONSOLE_COOKIE]), csrf.group(1)
+
+
+def console(method: str, path: str) -> Build:
+    """The console takes its signed session cookie (and a form's CSRF token): no cookie, a forged
+    one, and another signed value of ours (a media link's) are all no session."""
+
+    async def build(world: World, way: str) -> Call:
+        # the login row's right call leaves its session in the shared client's jar: drop it, so
+        # each way sends only the cookie it names
+        world.http.cookies.delete(CONSOLE_COOKIE)
+        cookie, csrf = await _console_login(world) if way == RIGHT else ("", "forged")
+        if way == WRONG:
+            cookie = "forged.1.session"
+        elif way == OTHER:
+            cookie = world.media_link().rsplit("/", 1)[-1]
+        headers = {"Cookie": f"{CONSOLE_COOKIE}={cookie}"} if cookie else {}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if method == "POST":
+            kwargs["data"] = {"csrf": csrf}
+        return Call(method, path, kwargs)
+
+    return build
+
+
+def console_login() -> Build:
+    async def build(world: World, way: str) -> Call:
+        token = {
+            NONE: None,
+            WRONG: "not-the-admin-token",
+            OTHER: CLIENT_SECRET,  # Pipedrive's client secret is no admin token
+            RIGHT: ADMIN_TOKEN,
+        }[way]
+        return Call("POST", "/admin/ui/login", {"data": {"token": token} if token else {}})
+
+    return build
+
+
 EXT = outcomes(401, 401, 401, 200)
 ADMIN = outcomes(401, 401, 401, 200)
+CONSOLE_POST = outcomes(401, 401, 401, 303)
+UI_INST = "/admin/ui/installations"
+UI_CONV = "/admin/ui/conversations"
 _WEBHOOK = "/webhooks/{provider}/{provider_channel_id}"
 _CH = "/pipedrive/channels/{provider_channel_id}"
 ROWS = [
@@ -346,6 +403,28 @@ ROWS = [
         admin("POST", "/admin/dead-letters/987654/replay"),
         outcomes(401, 401, 401, 404),
     ),
+    Row("GET", "/admin/ui", "", console("GET", "/admin/ui"), ADMIN),
+    Row("GET", "/admin/ui/login", "", public("/admin/ui/login"), PUBLIC),
+    Row("POST", "/admin/ui/login", "", console_login(), outcomes(401, 401, 401, 303)),
+    Row("POST", "/admin/ui/logout", "", console("POST", "/admin/ui/logout"), CONSOLE_POST),
+    Row("GET", UI_INST, "", console("GET", UI_INST), ADMIN),
+    Row("GET", "/admin/ui/channels", "", console("GET", "/admin/ui/channels"), ADMIN),
+    Row("GET", "/admin/ui/dead-letters", "", console("GET", "/admin/ui/dead-letters"), ADMIN),
+    Row(
+        "POST",
+        "/admin/ui/dead-letters/{id}/replay",
+        "",
+        console("POST", "/admin/ui/dead-letters/987654/replay"),
+        outcomes(401, 401, 401, 404),
+    ),
+    Row("GET", UI_CONV, "", console("GET", UI_CONV), ADMIN),
+    Row(
+        "GET",
+        UI_CONV + "/{conversation_id}",
+        "",
+        console("GET", UI_CONV + "/987654"),
+        outcomes(401, 401, 401, 404),
+    ),
 ]
 
 
@@ -401,5 +480,7 @@ def test_auth_matrix(live_stack: Live, row: Row) -> None:
             assert now == exchanges, (way, "a refusal called Pipedrive")
         if response.status_code == 401 and row.template.startswith("/pipedrive/channels"):
             assert response.json()["success"] is False
+        elif response.status_code == 401 and row.template.startswith("/admin/ui"):
+            assert 'name="token"' in response.text  # a browser's page: the login form
         elif response.status_code == 401:
             assert response.json()["error"]["code"] == "UNAUTHORIZED"
