@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# With no Pipedrive credentials (PIPEDRIVE_CLIENT_ID or PIPEDRIVE_API_TOKEN, in the environment or
+# in .env), `make run` starts `pdbridge sandbox`: the service with a local Pipedrive and Telegram.
+PIPEDRIVE_CONFIGURED = $(or $(PIPEDRIVE_CLIENT_ID),$(PIPEDRIVE_API_TOKEN),$(shell grep -sqE '^[[:space:]]*(export[[:space:]]+)?PIPEDRIVE_(CLIENT_ID|API_TOKEN)[[:space:]]*=[[:space:]]*[^[:space:]]' .env && echo yes))
+
 run: $(STAMP)
-	$(BIN)/pdbridge run
+	$(BIN)/pdbridge $(if $(PIPEDRIVE_CONFIGURED),run,sandbox)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -228,6 +228,22 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return exit_code
 
 
+def cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
+    """The service wired to the local Pipedrive emulator and Telegram simulator (sandbox/)."""
+    return _cmd_sandbox(settings.port)
+
+
+def _cmd_sandbox(port: int) -> int:
+    # The one place the service touches the sandbox package, lazily: production never loads it.
+    try:
+        from sandbox.runner import run_sandbox
+    except ImportError as error:  # an install without the dev extras (jsonschema)
+        log.error("sandbox.unavailable", reason=str(error), fix="pip install -e '.[dev]'")
+        return 2
+
+    return run_sandbox(port)
+
+
 def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
     for child in children.values():
         if child.poll() is None:
@@ -419,6 +435,7 @@ def parser() -> argparse.ArgumentParser:
         "together": (cmd_together, "web and one worker in one process (`run` uses it on SQLite)"),
         "migrate": (cmd_migrate, "apply database migrations and exit"),
         "manifest": (cmd_manifest, "print the Messaging manifest JSON for PUBLIC_BASE_URL"),
+        "sandbox": (cmd_sandbox, "run with a local Pipedrive and Telegram; prints the inbox URL"),
     }
     for name, (function, help_text) in commands.items():
         sub.add_parser(name, help=help_text).set_defaults(func=function)

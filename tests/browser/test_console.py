@@ -14,7 +14,7 @@ from tests.browser.conftest import Camera
 from tests.conftest import ADMIN_TOKEN
 from tests.faults.processes import running_service, wait_until
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHAT = 5550042
 #: Generous: the worker is a real process on a shared 2-core machine.

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from tests.conftest import ADMIN_TOKEN
 from tests.messaging.harness import Stack, running_stack
 from tests.pipedrive.bridge import PUBLIC_URL, Bridge, running_bridge, standin
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 
 UI = "/admin/ui"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')

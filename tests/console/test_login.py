@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin
 from service import redis_keys
 from service.store import dead_letters
 from tests.console.conftest import UI, Browser, browser_on
 from tests.pipedrive.bridge import Bridge, running_bridge
-from tests.standins.pipedrive import PipedriveStandin
 
 pytestmark = pytest.mark.anyio
 

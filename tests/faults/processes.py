@@ -16,12 +16,12 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx2
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service.embedded_redis import free_port
 from service.pipedrive.manifest import manifest
 from tests.conftest import ADMIN_TOKEN
 from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 from tests.test_cli import PDBRIDGE, env_with
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

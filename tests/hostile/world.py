@@ -21,13 +21,13 @@ from typing import Any
 import httpx2
 import sqlalchemy as sa
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service.media import LocalMediaStore, media_url
 from service.store import channels, installations
 from service.store.schema import metadata
 from tests.conftest import ADMIN_TOKEN
 from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET, PUBLIC_URL, Bridge, running_bridge
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 from tests.standins.twilio import TwilioStandin
 from tests.standins.whatsapp import GraphStandin, sign_body
 

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service import erasure
 from service.media import LocalMediaStore
 from service.store import conversations, dead_letters, installations, person_links
 from service.store.schema import inbound_deliveries, messages, participants, utcnow
 from tests.messaging.harness import ADMIN, Stack, running_stack
 from tests.pipedrive.bridge import standin
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 
 pytestmark = pytest.mark.anyio
 

@@ -13,13 +13,13 @@ import sqlalchemy as sa
 from structlog.testing import capture_logs
 
 from jobs import maintenance
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service.store import dead_letters, deliveries, installations, messages
 from service.store.schema import channels as channels_table
 from service.store.schema import installations as installations_table
 from tests.messaging.harness import Stack, running_stack
 from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET, standin
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 
 pytestmark = pytest.mark.anyio
 

@@ -15,13 +15,13 @@ from typing import Any
 import httpx2
 import uvicorn
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service.embedded_redis import free_port
 from service.models import Channel
 from service.store import channels
 from tests.conftest import ADMIN_TOKEN
 from tests.pipedrive.bridge import Bridge, running_bridge
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

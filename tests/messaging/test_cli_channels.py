@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from tests.pipedrive.bridge import API_TOKEN, standin
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 from tests.test_cli import env_with
 
 pytestmark = pytest.mark.slow

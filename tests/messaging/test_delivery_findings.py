@@ -19,6 +19,9 @@ import httpx2
 import pytest
 
 from jobs import maintenance
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import RecordedRequest, TelegramStandin
+from sandbox.telegram import _error as telegram_error
 from service import queue as queue_module
 from service.app import create_app
 from service.context import Services
@@ -29,9 +32,6 @@ from service.store import Database, messages
 from service.store.schema import messages as messages_table
 from tests.messaging.harness import Stack, running_stack, serving
 from tests.pipedrive.bridge import PUBLIC_URL, standin
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import RecordedRequest, TelegramStandin
-from tests.standins.telegram import _error as telegram_error
 
 pytestmark = pytest.mark.anyio
 

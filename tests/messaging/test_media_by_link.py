@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin
 from tests.messaging.harness import connect_channel, served_bridge
 from tests.pipedrive.bridge import standin
-from tests.standins.pipedrive import PipedriveStandin
 from tests.standins.s3 import S3Standin, s3_server  # noqa: F401 -- the session fixture
 from tests.standins.twilio import TwilioStandin
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service.media import MAX_MEDIA_BYTES
 from tests.messaging.harness import Stack, running_stack
 from tests.pipedrive.bridge import standin
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 
 pytestmark = pytest.mark.anyio
 

@@ -13,11 +13,11 @@ from typing import Any
 import jsonschema
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin, response_problems
+from sandbox.telegram import TelegramStandin
 from service.store import dead_letters, deliveries
 from tests.messaging.harness import ADMIN, Stack, running_stack
 from tests.pipedrive.bridge import PUBLIC_URL, standin
-from tests.standins.pipedrive import PipedriveStandin, response_problems
-from tests.standins.telegram import TelegramStandin
 
 pytestmark = pytest.mark.anyio
 

@@ -14,10 +14,10 @@ import httpx2
 import pytest
 
 from jobs.backfill import backfill_channel
+from sandbox.pipedrive import PipedriveStandin
 from service.store import dead_letters, deliveries
 from tests.messaging.harness import connect_channel, served_bridge
 from tests.pipedrive.bridge import PUBLIC_URL, Bridge, standin
-from tests.standins.pipedrive import PipedriveStandin
 from tests.standins.twilio import TwilioStandin
 
 pytestmark = pytest.mark.anyio

@@ -15,11 +15,11 @@ import httpx2
 import pytest
 from structlog.testing import capture_logs
 
+from sandbox.pipedrive import PipedriveStandin, response_problems
 from service.providers.base import InboundMessage
 from service.store import channels, deliveries
 from tests.messaging.harness import connect_channel, served_bridge
 from tests.pipedrive.bridge import Bridge, standin
-from tests.standins.pipedrive import PipedriveStandin, response_problems
 from tests.standins.whatsapp import GraphStandin
 
 pytestmark = pytest.mark.anyio

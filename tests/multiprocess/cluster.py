@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx2
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service.embedded_redis import free_port
 from service.pipedrive.manifest import manifest
 from tests.conftest import ADMIN_TOKEN
@@ -31,8 +33,6 @@ from tests.faults.processes import (
     wait_until,
 )
 from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 from tests.test_cli import PDBRIDGE, env_with
 
 PUBLIC_URL = "https://bridge.example.com"  # Telegram takes HTTPS webhooks only

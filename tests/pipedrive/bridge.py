@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx2
 
 from jobs.worker import build_worker
+from sandbox.pipedrive import PipedriveStandin
 from service import queue as queue_module
 from service.app import create_app
 from service.config import Settings
@@ -21,7 +22,6 @@ from service.store import Database, installations
 from service.store.installations import Installation
 from service.store.migrate import upgrade
 from tests.conftest import make_settings
-from tests.standins.pipedrive import PipedriveStandin
 
 CLIENT_ID = "bridge-client-id"
 CLIENT_SECRET = "bridge-client-secret"

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
+from sandbox.pipedrive import PipedriveStandin
 from service.pipedrive import errors
 from service.pipedrive.client import estimated_cost
 from service.queue import JobContext
@@ -21,7 +22,6 @@ from service.store.installations import Installation
 from service.store.schema import installations as installations_table
 from service.store.schema import utcnow
 from tests.pipedrive.bridge import Bridge, jobs, running_bridge, standin
-from tests.standins.pipedrive import PipedriveStandin
 
 pytestmark = pytest.mark.anyio
 

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from jobs import maintenance
+from sandbox.pipedrive import PipedriveStandin
 from service.pipedrive import errors
 from service.pipedrive.ledger import (
     Ledger,
@@ -27,7 +28,6 @@ from service.store import Database, api_usage
 from service.store.installations import Installation
 from tests.conftest import ADMIN_TOKEN
 from tests.pipedrive.bridge import Bridge, running_bridge, standin
-from tests.standins.pipedrive import PipedriveStandin
 
 pytestmark = pytest.mark.anyio
 

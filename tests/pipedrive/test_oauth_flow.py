@@ -10,6 +10,7 @@ import httpx2
 import pytest
 import sqlalchemy as sa
 
+from sandbox.pipedrive import PipedriveStandin
 from service.pipedrive import subscriptions
 from service.pipedrive.errors import InstallationInactive
 from service.store import installations
@@ -24,7 +25,6 @@ from tests.pipedrive.bridge import (
     running_bridge,
     standin,
 )
-from tests.standins.pipedrive import PipedriveStandin
 
 pytestmark = pytest.mark.anyio
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin
 from service.embedded_redis import free_port
 from service.queue import Queue
 from service.store import deliveries, installations, person_links
 from service.store.installations import Installation
 from tests.pipedrive.bridge import Bridge, running_bridge, standin
-from tests.standins.pipedrive import PipedriveStandin
 
 pytestmark = pytest.mark.anyio
 

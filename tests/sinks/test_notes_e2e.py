@@ -17,11 +17,11 @@ import sqlalchemy as sa
 from structlog.testing import capture_logs
 
 from jobs.maintenance import sweep
+from sandbox.pipedrive import PipedriveStandin
 from service.store import dead_letters
 from service.store.schema import inbound_deliveries, note_windows, utcnow
 from tests.messaging.harness import ADMIN, served_bridge
 from tests.pipedrive.bridge import PUBLIC_URL, Bridge, standin
-from tests.standins.pipedrive import PipedriveStandin
 from tests.standins.twilio import TwilioStandin
 
 pytestmark = pytest.mark.anyio

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from sandbox.pipedrive import PipedriveStandin
+from sandbox.telegram import TelegramStandin
 from service.store import person_links
 from tests.messaging.harness import ADMIN, Stack, running_stack
 from tests.pipedrive.bridge import standin
-from tests.standins.pipedrive import PipedriveStandin
-from tests.standins.telegram import TelegramStandin
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from tests.standins.pipedrive import PipedriveStandin
+from sandbox.pipedrive import PipedriveStandin
 
 TOKEN = "crm-standin-token"
 

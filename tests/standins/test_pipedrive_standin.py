@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.standins.pipedrive import (
+from sandbox.pipedrive import (
     CLOUDFLARE_BLOCK_HTML,
     CONVERSATION_SCHEMA,
     CREATE_CHANNEL_REQUEST_SCHEMA,

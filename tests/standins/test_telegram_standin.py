@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import pytest
 
-from tests.standins.telegram import (
+from sandbox.telegram import (
     MAX_DOWNLOAD_BYTES,
     MAX_TEXT_CHARS,
     SECRET_HEADER,

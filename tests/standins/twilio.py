@@ -72,7 +72,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import Served
+from sandbox.server import Served
 
 if TYPE_CHECKING:
     from starlette.requests import Request

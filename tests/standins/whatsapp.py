@@ -75,7 +75,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import Served
+from sandbox.server import Served
 
 if TYPE_CHECKING:
     from starlette.requests import Request

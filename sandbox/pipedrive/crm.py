@@ -1,6 +1,6 @@
 """The CRM part of the Pipedrive stand-in: persons, deals, notes and the note webhook.
 
-Mixed into ``PipedriveStandin`` (tests/standins/pipedrive.py), whose lock, clock, request log,
+Mixed into ``PipedriveStandin`` (sandbox/pipedrive/standin.py), whose lock, clock, request log,
 authentication, rate limits and fault injection every route here goes through. Written from
 ``shared/docs/pipedrive-crm-notes.md``:
 
@@ -39,7 +39,8 @@ import httpx2
 from starlette.responses import JSONResponse, Response
 
 if TYPE_CHECKING:
-    from tests.standins.pipedrive import ApiHandler, RecordedRequest, _Caller
+    from sandbox.pipedrive.api import ApiHandler, _Caller
+    from sandbox.pipedrive.recording import RecordedRequest
 
 SEARCH_FIELDS = frozenset({"name", "email", "phone", "notes", "custom_fields"})
 DEAL_STATUSES = frozenset({"open", "won", "lost", "deleted"})

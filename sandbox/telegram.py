@@ -87,7 +87,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import Served
+from sandbox.server import Served
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -250,7 +250,7 @@ class TelegramStandin(Served):
     def __init__(
         self,
         *,
-        bot_token: str = "123456:TEST-token",  # noqa: S107 - a fake for tests
+        bot_token: str = "123456:TEST-token",
         bot_id: int | None = None,
         bot_username: str = "pdbridge_test_bot",
         send_delay: float = 0.0,
@@ -268,6 +268,8 @@ class TelegramStandin(Served):
         #: answer, instead of guessing with delays).
         self.hold_sends: threading.Event | None = None
         self.webhook_info_extra: dict[str, Any] = {}  # merged into getWebhookInfo's result
+        #: `pdbridge sandbox` runs the service on plain http://127.0.0.1: accept such webhooks.
+        self.allow_http_webhooks = False
 
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
@@ -771,7 +773,9 @@ class TelegramStandin(Served):
         if url is None or url == "":
             return self._remove_webhook()
         parts = urlsplit(str(url))
-        if parts.scheme.lower() != "https":
+        if self.allow_http_webhooks and parts.scheme.lower() == "http" and parts.hostname:
+            pass  # the sandbox's local service; Telegram itself takes HTTPS only
+        elif parts.scheme.lower() != "https":
             rec.note = "webhook URL is not HTTPS"
             return _error(
                 400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
@@ -785,7 +789,7 @@ class TelegramStandin(Served):
             return _error(
                 400, "Bad Request: bad webhook: Failed to resolve host: Name or service not known"
             )
-        if port not in WEBHOOK_PORTS:
+        if port not in WEBHOOK_PORTS and not self.allow_http_webhooks:
             rec.note = "webhook port not allowed"
             return _error(
                 400,
