@@ -210,7 +210,9 @@ class Inbox:
         body = (
             "<header><h1>Pipedrive · Messaging inbox (sandbox)</h1>"
             f'<p>The customer\'s side: <a href="{html.escape(self.chat_url)}" target="_blank">'
-            f"{html.escape(self.chat_url)}</a> · the service: {html.escape(self.service_url)}</p>"
+            f"{html.escape(self.chat_url)}</a> · the operator console: "
+            f'<a href="{html.escape(self.service_url)}/admin/ui" target="_blank">'
+            f"{html.escape(self.service_url)}/admin/ui</a> (the printed ADMIN_TOKEN logs in)</p>"
             "</header>"
             + (f'<p class="error">{html.escape(error)}</p>' if error else "")
             + f'<main><nav id="sidebar">{self._sidebar(channel, conversation)}</nav>'

@@ -121,6 +121,9 @@ def test_the_pages_render(sandbox: Sandbox) -> None:
     assert inbox.status_code == 200
     assert "Sandbox bot" in inbox.text  # the channel the sandbox connected
     assert sandbox.chat in html.unescape(inbox.text)  # the way to the customer's side
+    console = re.search(r'href="(http://127\.0\.0\.1:\d+/admin/ui)"', inbox.text)
+    assert console is not None  # and to the operator console, whose login form answers
+    assert 'name="token"' in httpx2.get(console.group(1), timeout=10).text
     chat = httpx2.get(sandbox.chat, timeout=10)
     assert chat.status_code == 200
     assert 'action="/chat/send"' in chat.text
