@@ -46,6 +46,31 @@ def install_through_browser(
     )
 
 
+def connect_support_channel(service: Running, *, install_at: str, admin_at: str) -> None:
+    """Install the app (company 1001, user 2001) through the browser flow at `install_at`, then
+    connect the "Support" Telegram bot through the admin API at `admin_at`; records the
+    channel's id and the webhook secret Telegram was given on `service`."""
+    installed = install_through_browser(install_at, service.pd, 1001, 2001)
+    assert installed.status_code == 200, installed.text
+    channel = httpx2.post(
+        f"{admin_at}/admin/channels",
+        headers=ADMIN,
+        json={
+            "provider": "telegram",
+            "company_id": 1001,
+            "user_id": 2001,
+            "name": "Support",
+            "credentials": {"bot_token": BOT_TOKEN},
+        },
+        timeout=30,
+    )
+    assert channel.status_code == 201, channel.text
+    service.pcid = channel.json()["provider_channel_id"]
+    webhook = service.tg.webhook
+    assert webhook is not None
+    service.secret = str(webhook["secret_token"])
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
     """Poll `condition` until it holds (bounded): behaviour, never a fixed sleep."""
     deadline = time.monotonic() + timeout
@@ -213,25 +238,7 @@ def running_service(
                 running.start(role)
             wait_until(lambda: _ready(url), "the service answers /readyz", timeout=60)
             pd.set_manifest(manifest(url))
-            installed = install_through_browser(url, pd, 1001, 2001)
-            assert installed.status_code == 200, installed.text
-            channel = httpx2.post(
-                f"{url}/admin/channels",
-                headers=ADMIN,
-                json={
-                    "provider": "telegram",
-                    "company_id": 1001,
-                    "user_id": 2001,
-                    "name": "Support",
-                    "credentials": {"bot_token": BOT_TOKEN},
-                },
-                timeout=30,
-            )
-            assert channel.status_code == 201, channel.text
-            running.pcid = channel.json()["provider_channel_id"]
-            webhook = tg.webhook
-            assert webhook is not None
-            running.secret = str(webhook["secret_token"])
+            connect_support_channel(running, install_at=url, admin_at=url)
             yield running
         finally:
             for process in processes.values():

@@ -24,12 +24,11 @@ from service.embedded_redis import free_port
 from service.pipedrive.manifest import manifest
 from tests.conftest import ADMIN_TOKEN
 from tests.faults.processes import (
-    ADMIN,
     BOT_TOKEN,
     SECRET_KEY,
     Running,
     _ready,
-    install_through_browser,
+    connect_support_channel,
     wait_until,
 )
 from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET
@@ -164,25 +163,7 @@ def running_cluster(
                 wait_until(lambda url=url: _ready(url), f"{url} answers /readyz", timeout=150)
             cluster = Cluster(urls[0], processes, pd, tg, logs, webs=urls)
             pd.set_manifest(manifest(urls[0]))
-            installed = install_through_browser(urls[0], pd, 1001, 2001)
-            assert installed.status_code == 200, installed.text
-            channel = httpx2.post(
-                f"{urls[-1]}/admin/channels",
-                headers=ADMIN,
-                json={
-                    "provider": "telegram",
-                    "company_id": 1001,
-                    "user_id": 2001,
-                    "name": "Support",
-                    "credentials": {"bot_token": BOT_TOKEN},
-                },
-                timeout=30,
-            )
-            assert channel.status_code == 201, channel.text
-            cluster.pcid = channel.json()["provider_channel_id"]
-            webhook = tg.webhook
-            assert webhook is not None
-            cluster.secret = str(webhook["secret_token"])
+            connect_support_channel(cluster, install_at=urls[0], admin_at=urls[-1])
             yield cluster
         finally:
             for process in processes.values():
