@@ -244,7 +244,14 @@ class Database:
             raw = await conn.get_raw_connection()
             try:
                 yield raw.driver_connection
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
+            except (
+                OSError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                # A drop seen mid-operation can leave the protocol in a state asyncpg calls an
+                # internal error ("cannot switch to state ..."): the connection is as lost.
+                asyncpg.InternalClientError,
+            ) as error:
                 await conn.invalidate()
                 raise OperationalError("(asyncpg)", None, error) from error
 
