@@ -46,6 +46,30 @@ def install_through_browser(
     )
 
 
+def service_env(
+    pd: PipedriveStandin,
+    tg: TelegramStandin,
+    redis_url: str,
+    database_url: str,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of every process of the service under test, wired to the stand-ins."""
+    return env_with(
+        PUBLIC_BASE_URL="https://bridge.example.com",  # Telegram takes HTTPS webhooks only
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        SECRET_KEY=SECRET_KEY,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        PIPEDRIVE_CLIENT_ID=CLIENT_ID,
+        PIPEDRIVE_CLIENT_SECRET=CLIENT_SECRET,
+        PIPEDRIVE_OAUTH_URL=pd.base_url,
+        PIPEDRIVE_API_URL=pd.base_url,
+        TELEGRAM_API_URL=tg.base_url,
+        LOG_FORMAT="json",
+        **extra,
+    )
+
+
 def connect_support_channel(service: Running, *, install_at: str, admin_at: str) -> None:
     """Install the app (company 1001, user 2001) through the browser flow at `install_at`, then
     connect the "Support" Telegram bot through the admin API at `admin_at`; records the
@@ -210,19 +234,12 @@ def running_service(
         PipedriveStandin(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as pd,
         TelegramStandin(bot_token=BOT_TOKEN) as tg,
     ):
-        env = env_with(
+        env = service_env(
+            pd,
+            tg,
+            redis_url,
+            database_url or f"sqlite:///{tmp_path / 'pdbridge.db'}",
             PORT=str(port),
-            PUBLIC_BASE_URL="https://bridge.example.com",  # Telegram takes HTTPS webhooks only
-            REDIS_URL=redis_url,
-            DATABASE_URL=database_url or f"sqlite:///{tmp_path / 'pdbridge.db'}",
-            SECRET_KEY=SECRET_KEY,
-            ADMIN_TOKEN=ADMIN_TOKEN,
-            PIPEDRIVE_CLIENT_ID=CLIENT_ID,
-            PIPEDRIVE_CLIENT_SECRET=CLIENT_SECRET,
-            PIPEDRIVE_OAUTH_URL=pd.base_url,
-            PIPEDRIVE_API_URL=pd.base_url,
-            TELEGRAM_API_URL=tg.base_url,
-            LOG_FORMAT="json",
             **(extra_env or {}),
         )
         logs = tmp_path / "logs"

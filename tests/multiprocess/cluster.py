@@ -22,19 +22,16 @@ from sandbox.pipedrive import PipedriveStandin
 from sandbox.telegram import TelegramStandin
 from service.embedded_redis import free_port
 from service.pipedrive.manifest import manifest
-from tests.conftest import ADMIN_TOKEN
 from tests.faults.processes import (
     BOT_TOKEN,
-    SECRET_KEY,
     Running,
     _ready,
     connect_support_channel,
+    service_env,
     wait_until,
 )
 from tests.pipedrive.bridge import CLIENT_ID, CLIENT_SECRET
-from tests.test_cli import PDBRIDGE, env_with
-
-PUBLIC_URL = "https://bridge.example.com"  # Telegram takes HTTPS webhooks only
+from tests.test_cli import PDBRIDGE
 
 
 @dataclass
@@ -120,20 +117,7 @@ def running_cluster(
         PipedriveStandin(client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as pd,
         TelegramStandin(bot_token=BOT_TOKEN) as tg,
     ):
-        common = env_with(
-            PUBLIC_BASE_URL=PUBLIC_URL,
-            REDIS_URL=redis_url,
-            DATABASE_URL=database_url,
-            SECRET_KEY=SECRET_KEY,
-            ADMIN_TOKEN=ADMIN_TOKEN,
-            PIPEDRIVE_CLIENT_ID=CLIENT_ID,
-            PIPEDRIVE_CLIENT_SECRET=CLIENT_SECRET,
-            PIPEDRIVE_OAUTH_URL=pd.base_url,
-            PIPEDRIVE_API_URL=pd.base_url,
-            TELEGRAM_API_URL=tg.base_url,
-            LOG_FORMAT="json",
-            **media_env,
-        )
+        common = service_env(pd, tg, redis_url, database_url, **media_env)
         logs = tmp_path / "logs"
         logs.mkdir(exist_ok=True)
         release = tmp_path / "release"
