@@ -4,6 +4,7 @@ API and /metrics show it; the notes window follows the budget."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -235,6 +236,58 @@ async def test_roll_up_after_midnight_closes_yesterday(redis_url: str, db: Datab
         assert (today.tokens, today.calls, today.fraction_left) == (0, 0, None)
         now[0] += timedelta(hours=2)  # an hour past midnight yesterday is closed
         assert await ledger.roll_up(db) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_late_write_never_overwrites_a_newer_budget_reading(
+    redis_url: str, db: Database
+) -> None:
+    """Two processes each hold calls for up to FLUSH_SECONDS: the one that saw Pipedrive's
+    budget earlier may write last, and the newer reading must still win; both counts add up."""
+    earlier = aioredis.Redis.from_url(redis_url)
+    later = aioredis.Redis.from_url(redis_url)
+    web, worker = Ledger(earlier), Ledger(later)
+
+    async def answered(ledger: Ledger, remaining: str) -> None:
+        headers = {"x-daily-ratelimit-token-limit": "30000",
+                   "x-daily-ratelimit-token-remaining": remaining}  # fmt: skip
+        await ledger.record(
+            company_id=8, auth_kind="oauth", path="/users/me", cost=2, status=200, headers=headers
+        )
+
+    try:
+        await answered(web, "29000")
+        await asyncio.sleep(0.01)  # the worker's answer comes after the web's
+        await answered(worker, "28000")
+        await worker.flush()
+        await web.flush()
+        usage = (await web.usage(db, [8]))[8]
+        assert (usage.calls, usage.tokens, usage.budget_left) == (2, 4, 28000)
+    finally:
+        await earlier.aclose()
+        await later.aclose()
+
+
+async def test_counts_wait_in_the_process_while_redis_is_away(redis_url: str, db: Database) -> None:
+    """A write that fails keeps the counts (logged): the next write carries them, so a Redis
+    blip loses no call from the day's figure."""
+    client = aioredis.Redis.from_url(redis_url)
+    ledger = Ledger(client)
+    real = ledger.redis
+    try:
+        await ledger.record(company_id=9, auth_kind="oauth", path="/notes", cost=10, status=201,
+                            headers={})  # fmt: skip
+        ledger.redis = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+        with capture_logs() as logs:
+            await ledger.flush()
+        await ledger.redis.aclose()
+        assert [e["event"] for e in logs] == ["ledger.not_recorded"]
+        ledger.redis = real
+        await ledger.record(company_id=9, auth_kind="oauth", path="/notes", cost=10, status=201,
+                            headers={})  # fmt: skip
+        usage = (await ledger.usage(db, [9]))[9]
+        assert (usage.calls, usage.tokens) == (2, 20)
     finally:
         await client.aclose()
 
