@@ -84,6 +84,7 @@ class Services:
 
     async def close(self) -> None:
         await self.pipedrive.ledger.close()
+        await self.pipedrive.limiter.close()
         await self.http.aclose()
         if self.owns_queue:
             await self.queue.close()
