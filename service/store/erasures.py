@@ -120,16 +120,28 @@ async def erase_conversation(db: Database, rows: ConversationRows, delivery_key:
     return Erased(len(ids), int(emptied.rowcount), len(rows.media_keys))
 
 
+_ERASED_AMONG = sa.select(erased_messages.c.external_id).where(
+    erased_messages.c.channel_id == sa.bindparam("channel_id"),
+    erased_messages.c.external_id.in_(sa.bindparam("ids", expanding=True)),
+)
+_ERASED_AMONG_PG = (
+    "SELECT external_id FROM erased_messages WHERE channel_id = $1 AND external_id = ANY($2)"
+)
+
+
 async def erased_among(db: Database, channel_id: int, external_ids: Sequence[str]) -> set[str]:
-    """Which of these message ids of the channel were erased."""
+    """Which of these message ids of the channel were erased (asked for every relayed batch,
+    so on the hot path's connections: no BEGIN/ROLLBACK, asyncpg's prepared statement on
+    PostgreSQL)."""
     if not external_ids:
         return set()
-    query = sa.select(erased_messages.c.external_id).where(
-        erased_messages.c.channel_id == channel_id,
-        erased_messages.c.external_id.in_(list(set(external_ids))),
-    )
-    async with db.engine.connect() as conn:
-        return {str(i) for i in (await conn.execute(query)).scalars()}
+    ids = list(set(external_ids))
+    if not db.is_sqlite:
+        async with db.driver() as raw:
+            return {str(r[0]) for r in await raw.fetch(_ERASED_AMONG_PG, channel_id, ids)}
+    async with db.read() as conn:
+        found = await conn.execute(_ERASED_AMONG, {"channel_id": channel_id, "ids": ids})
+        return {str(i) for i in found.scalars()}
 
 
 async def conversations_of_person(
