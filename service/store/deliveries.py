@@ -8,6 +8,7 @@ drains them; the sweeper schedules any that wait too long. Older Pipedrive-event
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,11 +40,43 @@ class NewDelivery:
 Recorded = Literal["new", "open", "done"]
 
 
+#: `record_many` on PostgreSQL: one prepared statement for any count, rows as arrays, inserted in
+#: the order given (the ids are the relay's order).
+_RECORD_PG = (
+    "INSERT INTO inbound_deliveries (source, dedupe_key, conversation_key, status, job, payload,"
+    " received_at, updated_at) SELECT $1, d.k, d.c, d.s, d.j, d.p::json, $2, $2"
+    " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
+    " WITH ORDINALITY AS d(k, c, s, j, p, n) ORDER BY d.n"
+    " ON CONFLICT DO NOTHING RETURNING dedupe_key"
+)
+_EARLIER_PG = (
+    "SELECT dedupe_key, status FROM inbound_deliveries WHERE source = $1 AND dedupe_key = ANY($2)"
+)
+
+
 async def record_many(db: Database, source: Source, found: Sequence[NewDelivery]) -> list[Recorded]:
     """Record a webhook body's deliveries in one statement, all or nothing (see `Recorded`)."""
     if not found:
         return []
     now = utcnow()
+    keys = {item.dedupe_key for item in found}
+    if not db.is_sqlite:
+        # The web's one statement per webhook, on asyncpg's prepared statement (see
+        # `Database.driver`): SQLAlchemy's execution layer was a quarter of the web's CPU.
+        async with db.driver() as raw:
+            columns = (
+                [i.dedupe_key for i in found],
+                [i.conversation_key for i in found],
+                [i.status for i in found],
+                [i.job for i in found],
+                [json.dumps(i.payload) for i in found],
+            )
+            inserted = {str(r[0]) for r in await raw.fetch(_RECORD_PG, source, now, *columns)}
+            earlier: dict[str, str] = {}
+            if len(inserted) < len(keys):
+                rows = await raw.fetch(_EARLIER_PG, source, [i.dedupe_key for i in found])
+                earlier = {str(k): str(v) for k, v in rows}
+        return _recorded(found, inserted, earlier)
     async with db.autocommit() as conn:
         # One statement whatever the count (SQLAlchemy's "insertmanyvalues"), compiled once
         # per process: the rows go as parameters, not as part of the statement.
@@ -69,13 +102,19 @@ async def record_many(db: Database, source: Source, found: Sequence[NewDelivery]
                 )
             ).scalars()
         )
-        earlier: dict[str, str] = {}
-        if len(inserted) < len({item.dedupe_key for item in found}):
+        earlier = {}
+        if len(inserted) < len(keys):
             query = sa.select(inbound_deliveries.c.dedupe_key, inbound_deliveries.c.status).where(
                 inbound_deliveries.c.source == source,
                 inbound_deliveries.c.dedupe_key.in_([i.dedupe_key for i in found]),
             )
             earlier = {str(k): str(v) for k, v in await conn.execute(query)}
+    return _recorded(found, inserted, earlier)
+
+
+def _recorded(
+    found: Sequence[NewDelivery], inserted: set[str], earlier: dict[str, str]
+) -> list[Recorded]:
     fresh: list[Recorded] = []
     for item in found:
         if item.dedupe_key in inserted:

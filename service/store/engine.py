@@ -16,7 +16,7 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DatabaseError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -254,6 +254,16 @@ class Database:
             ) as error:
                 await conn.invalidate()
                 raise OperationalError("(asyncpg)", None, error) from error
+            except asyncpg.PostgresError as error:
+                # As SQLAlchemy would raise them, so callers catch one family: the server going
+                # away or short of resources (SQLSTATE classes 08, 53, 57: a restart ends every
+                # session with 57P01) may pass; anything else is the statement's own failure.
+                state = str(getattr(error, "sqlstate", "") or "")
+                if state[:2] in ("08", "53", "57"):
+                    if state[:2] != "53":
+                        await conn.invalidate()
+                    raise OperationalError("(asyncpg)", None, error) from error
+                raise DatabaseError("(asyncpg)", None, error) from error
 
     def insert_ignoring_duplicates(self, table: Any) -> Any:
         """`INSERT ... ON CONFLICT DO NOTHING` in this backend's dialect (both support

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import is_transient
 from service.store import Database, deliveries, engine
@@ -90,5 +91,48 @@ async def test_a_busy_connection_the_server_dropped_fails_once_as_transient(
             await deliveries.pending_for_conversation(db, "telegram", GROUP)
         assert is_transient(caught.value), repr(caught.value)
         assert len(await deliveries.pending_for_conversation(db, "telegram", GROUP)) == 1
+    finally:
+        await db.dispose()
+
+
+async def test_a_webhook_recorded_on_a_dropped_connection_fails_as_transient(
+    database_url_postgres: str,
+) -> None:
+    """The web's insert runs on the driver too: after a server restart the one webhook in
+    flight gets an error the handler answers 503 to (SQLAlchemy's transient family, never a raw
+    asyncpg error and a 500), and the provider's resend is recorded once."""
+    db = Database(database_url_postgres)
+    try:
+        await upgrade(db)
+        await _record(db, "u1")
+        await _drop_every_connection(database_url_postgres)
+        with pytest.raises(SQLAlchemyError) as caught:
+            await _record(db, "u2")
+        assert is_transient(caught.value), repr(caught.value)
+        await _record(db, "u2")
+        await _record(db, "u2")  # the provider's resend
+        rows = await deliveries.pending_for_conversation(db, "telegram", GROUP)
+        assert [r["dedupe_key"] for r in rows] == ["u1", "u2"]
+    finally:
+        await db.dispose()
+
+
+async def test_driver_errors_come_as_sqlalchemys_with_the_right_verdict(
+    database_url_postgres: str,
+) -> None:
+    """The server ending the session (SQLSTATE 57P01, as a restart does) is transient and the
+    connection leaves the pool; a statement's own failure is a plain database error, no retry."""
+    db = Database(database_url_postgres)
+    try:
+        with pytest.raises(SQLAlchemyError) as ended:
+            async with db.driver() as raw:
+                await raw.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert is_transient(ended.value), repr(ended.value)
+        with pytest.raises(SQLAlchemyError) as refused:
+            async with db.driver() as raw:
+                await raw.execute("SELECT 1 / 0")
+        assert not is_transient(refused.value), repr(refused.value)
+        async with db.driver() as raw:
+            assert await raw.fetchval("SELECT 2") == 2
     finally:
         await db.dispose()
