@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.models import Conversation, Participant
@@ -126,11 +127,13 @@ async def upsert(
             return _conversation(record, people)
     refresh = _REFRESH[inbound]
     params = {"b_channel_id": channel_id, "b_external_id": external_id, "at": activity_at}
-    async with db.autocommit() as conn:
-        row = (await conn.execute(refresh, params)).first()
+    wanted = tuple(people)
+
+    def store(conn: Connection) -> Any:
+        row = conn.execute(refresh, params).first()
         if row is None:
             row = (
-                await conn.execute(
+                conn.execute(
                     db.insert_ignoring_duplicates(conversations)
                     .values(
                         channel_id=channel_id,
@@ -143,25 +146,28 @@ async def upsert(
                         created_at=utcnow(),
                     )
                     .returning(conversations)
-                )
-            ).first() or (await conn.execute(refresh, params)).one()  # created meanwhile
+                ).first()
+                or conn.execute(refresh, params).one()  # created meanwhile
+            )
         conversation_id = int(row._mapping["id"])
-        wanted = tuple(people)
         if db.cache.peek("participants", conversation_id) != wanted:
-            await _write_participants(db, conn, conversation_id, people)
+            _write_participants(db, conn, conversation_id, people)
             # What this process wrote last: only a change of name or a new person writes again.
             db.cache.put("participants", conversation_id, wanted, seconds=300)
+        return row
+
+    row = await db.inline(store, write=True)
     return _conversation(row, people)
 
 
-async def _write_participants(
-    db: Database, conn: AsyncConnection, conversation_id: int, people: Sequence[Participant]
+def _write_participants(
+    db: Database, conn: Connection, conversation_id: int, people: Sequence[Participant]
 ) -> None:
     known = {
         p.external_id: p
         for p in map(
             _participant,
-            await conn.execute(
+            conn.execute(
                 sa.select(participants).where(participants.c.conversation_id == conversation_id)
             ),
         )
@@ -169,7 +175,7 @@ async def _write_participants(
     for person in people:
         found = known.get(person.external_id)
         if found is None:
-            await conn.execute(
+            conn.execute(
                 db.insert_ignoring_duplicates(participants).values(
                     conversation_id=conversation_id,
                     external_id=person.external_id,
@@ -179,7 +185,7 @@ async def _write_participants(
                 )
             )
         elif (found.name, found.avatar_url) != (person.name, person.avatar_url):
-            await conn.execute(
+            conn.execute(
                 participants.update()
                 .where(
                     participants.c.conversation_id == conversation_id,

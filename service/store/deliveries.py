@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 
 from service.store.engine import Database
 from service.store.schema import inbound_deliveries, messages, utcnow
@@ -77,38 +78,36 @@ async def record_many(db: Database, source: Source, found: Sequence[NewDelivery]
                 rows = await raw.fetch(_EARLIER_PG, source, [i.dedupe_key for i in found])
                 earlier = {str(k): str(v) for k, v in rows}
         return _recorded(found, inserted, earlier)
-    async with db.autocommit() as conn:
+    rows = [
+        {
+            "source": source,
+            "dedupe_key": item.dedupe_key,
+            "conversation_key": item.conversation_key,
+            "status": item.status,
+            "job": item.job,
+            "payload": item.payload,
+            "received_at": now,
+            "updated_at": now,
+        }
+        for item in found
+    ]
+    earlier_query = sa.select(inbound_deliveries.c.dedupe_key, inbound_deliveries.c.status).where(
+        inbound_deliveries.c.source == source,
+        inbound_deliveries.c.dedupe_key.in_([i.dedupe_key for i in found]),
+    )
+    insert = db.insert_ignoring_duplicates(inbound_deliveries).returning(
+        inbound_deliveries.c.dedupe_key
+    )
+
+    def record(conn: Connection) -> tuple[set[str], dict[str, str]]:
         # One statement whatever the count (SQLAlchemy's "insertmanyvalues"), compiled once
         # per process: the rows go as parameters, not as part of the statement.
-        inserted = set(
-            (
-                await conn.execute(
-                    db.insert_ignoring_duplicates(inbound_deliveries).returning(
-                        inbound_deliveries.c.dedupe_key
-                    ),
-                    [
-                        {
-                            "source": source,
-                            "dedupe_key": item.dedupe_key,
-                            "conversation_key": item.conversation_key,
-                            "status": item.status,
-                            "job": item.job,
-                            "payload": item.payload,
-                            "received_at": now,
-                            "updated_at": now,
-                        }
-                        for item in found
-                    ],
-                )
-            ).scalars()
-        )
-        earlier = {}
-        if len(inserted) < len(keys):
-            query = sa.select(inbound_deliveries.c.dedupe_key, inbound_deliveries.c.status).where(
-                inbound_deliveries.c.source == source,
-                inbound_deliveries.c.dedupe_key.in_([i.dedupe_key for i in found]),
-            )
-            earlier = {str(k): str(v) for k, v in await conn.execute(query)}
+        inserted = set(conn.execute(insert, rows).scalars())
+        if len(inserted) == len(keys):
+            return inserted, {}
+        return inserted, {str(k): str(v) for k, v in conn.execute(earlier_query)}
+
+    inserted, earlier = await db.inline(record, write=True)
     return _recorded(found, inserted, earlier)
 
 
@@ -207,8 +206,11 @@ async def pending_for_conversation(
         async with db.driver() as raw:
             return [dict(r) for r in await raw.fetch(_PENDING_PG, conversation_key, source, limit)]
     params = {"conversation_key": conversation_key, "source": source, "limit": limit}
-    async with db.read() as conn:
-        return [dict(r._mapping) for r in await conn.execute(_PENDING, params)]
+
+    def read(conn: Connection) -> list[dict[str, Any]]:
+        return [dict(r._mapping) for r in conn.execute(_PENDING, params)]
+
+    return await db.inline(read, write=False)
 
 
 async def mark_relayed(
@@ -228,14 +230,16 @@ async def mark_relayed(
             if delivery_ids:
                 await raw.execute(_MARK_DONE_PG, list(delivery_ids), now)
         return
-    async with db.autocommit() as conn:
-        if pushed:
-            await conn.execute(
-                _MARK_TOLD,
-                [{"message_id": m, "pushed": status, "now": now} for m, status in pushed],
-            )
+    told = [{"message_id": m, "pushed": status, "now": now} for m, status in pushed]
+    done = {"ids": list(delivery_ids), "now": now}
+
+    def mark(conn: Connection) -> None:
+        if told:
+            conn.execute(_MARK_TOLD, told)
         if delivery_ids:
-            await conn.execute(_MARK_DONE, {"ids": list(delivery_ids), "now": now})
+            conn.execute(_MARK_DONE, done)
+
+    await db.inline(mark, write=True)
 
 
 async def drop_pending(db: Database, conversation_key: str) -> int:

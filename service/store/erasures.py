@@ -139,9 +139,10 @@ async def erased_among(db: Database, channel_id: int, external_ids: Sequence[str
     if not db.is_sqlite:
         async with db.driver() as raw:
             return {str(r[0]) for r in await raw.fetch(_ERASED_AMONG_PG, channel_id, ids)}
-    async with db.read() as conn:
-        found = await conn.execute(_ERASED_AMONG, {"channel_id": channel_id, "ids": ids})
-        return {str(i) for i in found.scalars()}
+    params = {"channel_id": channel_id, "ids": ids}
+    return await db.inline(
+        lambda conn: {str(i) for i in conn.execute(_ERASED_AMONG, params).scalars()}, write=False
+    )
 
 
 async def conversations_of_person(

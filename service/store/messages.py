@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 
 from service.models import Message, StoredAttachment, status_advances
 from service.store.engine import Database, insert_ignoring
@@ -110,8 +111,10 @@ async def insert_many(db: Database, found: Sequence[NewMessage]) -> list[tuple[M
     if not db.is_sqlite:
         new, old = await _insert_many_pg(db, found, rows)
         return _matched(found, new, old)
-    async with db.autocommit() as conn:
-        for row in await conn.execute(_insert_returning(db.is_sqlite), rows):
+    insert = _insert_returning(db.is_sqlite)
+
+    def store(conn: Connection) -> None:
+        for row in conn.execute(insert, rows):
             message = _row(row)
             new[(message.channel_id, message.external_id)] = message
         missing = [
@@ -119,11 +122,11 @@ async def insert_many(db: Database, found: Sequence[NewMessage]) -> list[tuple[M
         ]
         for channel_id in {c for c, _ in missing}:
             ids = sorted({e for c, e in missing if c == channel_id})
-            for row in await conn.execute(
-                _EXISTING, {"channel_id": channel_id, "external_ids": ids}
-            ):
+            for row in conn.execute(_EXISTING, {"channel_id": channel_id, "external_ids": ids}):
                 message = _row(row)
                 old[(message.channel_id, message.external_id)] = message
+
+    await db.inline(store, write=True)
     return _matched(found, new, old)
 
 

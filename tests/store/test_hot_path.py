@@ -3,6 +3,10 @@ PostgreSQL connection the server dropped (they skip SQLAlchemy's per-use pre-pin
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
+
 import asyncpg
 import pytest
 from sqlalchemy.exc import SQLAlchemyError
@@ -135,4 +139,43 @@ async def test_driver_errors_come_as_sqlalchemys_with_the_right_verdict(
         async with db.driver() as raw:
             assert await raw.fetchval("SELECT 2") == 2
     finally:
+        await db.dispose()
+
+
+async def test_on_sqlite_a_write_waits_for_another_process_without_stopping_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path runs SQLite on the event loop's thread, so SQLite's own busy wait would
+    freeze every request: while another process (a CLI command) holds the write lock, the
+    write waits in asyncio (other tasks run meanwhile) and goes through once the lock is free;
+    a lock held past the wait is a transient error, and nothing was half-written."""
+    url = f"sqlite:///{tmp_path / 'hot.db'}"
+    db = Database(url)
+    other = sqlite3.connect(tmp_path / "hot.db", isolation_level=None)
+    try:
+        await upgrade(db)
+        other.execute("BEGIN IMMEDIATE")  # the other process's write transaction
+        writer = asyncio.ensure_future(_record(db, "u1"))
+        await asyncio.sleep(0)  # the writer's first try meets the lock
+        for _ in range(5):  # the loop keeps serving other tasks while the writer waits
+            await asyncio.sleep(0.01)
+        assert not writer.done()
+        other.execute("COMMIT")
+        await writer
+        rows = await deliveries.pending_for_conversation(db, "telegram", GROUP)
+        assert [r["dedupe_key"] for r in rows] == ["u1"]
+
+        monkeypatch.setattr(engine, "INLINE_LOCK_WAIT", 0.2)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(SQLAlchemyError) as caught:
+            await _record(db, "u2")
+        assert is_transient(caught.value), repr(caught.value)
+        other.execute("ROLLBACK")
+        rows = await deliveries.pending_for_conversation(db, "telegram", GROUP)
+        assert [r["dedupe_key"] for r in rows] == ["u1"]
+        await _record(db, "u2")  # the provider's resend
+        rows = await deliveries.pending_for_conversation(db, "telegram", GROUP)
+        assert [r["dedupe_key"] for r in rows] == ["u1", "u2"]
+    finally:
+        other.close()
         await db.dispose()
