@@ -571,6 +571,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--burst-messages", type=int, default=300, metavar="N", help="one chat's burst in 5 (300)")
     add("--profile", action="store_true", help="py-spy the service's processes during 1")
     add("--relay-only", action="store_true", help="only 1 (relay, CPU, profile) and 5 (burst)")
+    add("--postgres-only", action="store_true", help="skip SQLite (needs --postgres)")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -587,7 +588,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             with scratch_postgres(args.postgres) as url:
                 yield url
 
-    run_backend(args, workdir, "SQLite", sqlite())
+    if not (args.postgres_only and args.postgres):
+        run_backend(args, workdir, "SQLite", sqlite())
     if args.postgres:
         databases = postgres()
         try:
