@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from service.pipedrive import ratelimit
 from service.pipedrive.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.anyio
@@ -20,9 +21,11 @@ KEY = "installation:1"
 @pytest.fixture
 async def limiter(redis_url: str) -> AsyncIterator[RateLimiter]:
     client = aioredis.Redis.from_url(redis_url)
+    made = RateLimiter(client)
     try:
-        yield RateLimiter(client)
+        yield made
     finally:
+        await made.close()
         await client.aclose()
 
 
@@ -70,3 +73,30 @@ async def test_remaining_zero_closes_the_window_at_once(limiter: RateLimiter) ->
     blocked = await limiter.redis.hget(limiter._keys(KEY)[1], "blocked_until")
     assert blocked is not None
     assert int(blocked) > await server_ms(limiter) + 500
+
+
+async def evalsha_calls(limiter: RateLimiter) -> int:
+    stats = await limiter.redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_waiters_take_turns_in_order_without_a_herd_of_calls(
+    limiter: RateLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten sends queue for a full window (one slot per 100 ms here): they get their slots in
+    the order they asked, and only the first in line asks Redis each time, so the scripts run
+    stay near one or two per send instead of every waiter polling at every turn."""
+    monkeypatch.setattr(ratelimit, "WINDOW_MS", 100)
+    first, _ = await limiter.acquire(KEY)
+    await limiter.observe(KEY, first, {"x-ratelimit-limit": "1"})  # one send per window
+    before = await evalsha_calls(limiter)
+    order: list[int] = []
+
+    async def send(n: int) -> None:
+        ticket, _ = await limiter.acquire(KEY)
+        order.append(n)
+        await limiter.observe(KEY, ticket, {})
+
+    await asyncio.gather(*(send(n) for n in range(10)))
+    assert order == list(range(10))
+    assert await evalsha_calls(limiter) - before <= 3 * 10
