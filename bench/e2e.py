@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -344,6 +345,18 @@ def per_message(spent: dict[str, float], labels: list[str], messages: int) -> st
     return ", ".join(parts) + " ms"
 
 
+def window_use(times: list[float], window: float = 2.0) -> float:
+    """How full Pipedrive's rolling window was mid-drain: the median count of arrivals in the
+    `window` seconds from each arrival between the 20th and the 80th percentile. A limiter that
+    refills each window as it frees sends in bursts; counting per window, as Pipedrive does,
+    is not skewed by where a percentile falls within a burst, as a rate over the span is."""
+    times = sorted(times)
+    lo, hi = len(times) // 5, len(times) * 4 // 5
+    ahead = (bisect.bisect_right(times, t + window) - i for i, t in enumerate(times[lo:hi], lo))
+    counts = sorted(ahead)
+    return float(counts[len(counts) // 2]) if counts else 0.0
+
+
 def steady_rate(times: list[float]) -> float:
     """Arrivals per second between the 20th and the 80th percentile of arrival times."""
     times = sorted(times)
@@ -488,6 +501,7 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
         inside = asyncio.run(s.standin("GET", "/_bench/state"))["inside_window"]
         problems.append(f"rate-limit stack: {log_problems(s.log)}")
     steady = steady_rate(list(out4.arrivals.values()))
+    filled = window_use(list(out4.arrivals.values()))
 
     rows[1:1] = [
         ("2 ingest req/s, while relaying (in 1)", f"{load1.rate:.0f}",
@@ -498,8 +512,8 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
          p50_ratio(load2.latencies, bare2.latencies)),
         (f"3 added latency at {args.latency_rate:.0f}/s, p50 / p99 ms", ms(added),
          f"{ms(floor)} straight to the stand-in", p50_ratio(added, floor)),
-        ("4 receive 2xx/s mid-drain, limit 80 per 2 s", f"{steady:.1f}", "40 allowed",
-         steady / 40),
+        ("4 receive 2xx per rolling 2 s mid-drain (median)", f"{filled:.0f}", "80 allowed",
+         filled / 80),
     ]  # fmt: skip
     report(rows, problems, profiles)
     report_relay(spent, service_roles, others, elsewhere, relayed, n, end, load1, out1)
@@ -508,7 +522,8 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
     )
     print(f"  3: {m} updates for {args.latency_seconds:.0f} s: {out3.line(load3)}")
     print(f"  4: {args.ratelimit_messages} updates: {out4.line(load4)}; {len(out4.throttled)} "
-          f"answered 429, {inside} sent inside a reset window a 429 announced")  # fmt: skip
+          f"answered 429, {inside} sent inside a reset window a 429 announced; {steady:.1f} 2xx/s "
+          f"between the 20th and 80th percentile of arrivals (40 allowed)")  # fmt: skip
     print(f"  5: {burst.line()}")
 
 
