@@ -462,7 +462,9 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
         ]  # fmt: skip
         if args.relay_only:
             report(rows, problems, profiles)
-            report_relay(spent, service_roles, others, elsewhere, relayed, n, end, load1, out1)
+            report_relay(
+                spent, service_roles, others, elsewhere, relayed, n, end, load1, out1, profiles
+            )
             print(f"  5: {burst.line()}")
             return
 
@@ -516,7 +518,7 @@ def run_backend(args: argparse.Namespace, workdir: Path, store: str, dbs: Iterat
          filled / 80),
     ]  # fmt: skip
     report(rows, problems, profiles)
-    report_relay(spent, service_roles, others, elsewhere, relayed, n, end, load1, out1)
+    report_relay(spent, service_roles, others, elsewhere, relayed, n, end, load1, out1, profiles)
     print(
         f"  2: paced {len(load2.sent)} updates for {args.paced_seconds:.0f} s: {out2.line(load2)}"
     )
@@ -547,6 +549,32 @@ def report(rows: list[Row], problems: list[str], profiles: dict[str, Path]) -> N
                 print(f"    {share * 100:5.1f}%  {frame:56} {under * 100:5.1f}%  {mine}")
 
 
+#: Code only the worker runs (the relay, its sinks, the Pipedrive client, the jobs, arq), and
+#: code only the web runs. py-spy often sees a coroutine's stack from where it was resumed, not
+#: from its task's root, so a sample is placed by any of its frames.
+WORKER_CODE = ("service/relay.py", "service/outbox.py", "service/sinks/", "service/pipedrive/",
+               "service/queue.py", "jobs/", "arq/", "httpx2/", "httpcore2/",
+               "service/http_transport.py")  # fmt: skip
+WEB_CODE = ("uvicorn/", "starlette/", "handlers/", "service/ingest.py", "service/middleware.py")
+
+
+def by_side(folded: Path) -> list[tuple[str, float]]:
+    """The one-process `together` split into its web and worker sides by the code in each
+    sample's stack (WORKER_CODE, WEB_CODE); the rest is the shared event loop, and stacks that
+    name neither (a statement's rows, Redis's socket)."""
+    sides: Counter[str] = Counter()
+    for line in folded.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if any(f"({where}" in stack for where in WORKER_CODE):
+            sides["worker"] += int(samples)
+        elif any(f"({where}" in stack for where in WEB_CODE):
+            sides["web"] += int(samples)
+        else:
+            sides["loop and other"] += int(samples)
+    total = sum(sides.values()) or 1
+    return [(side, sides[side] / total) for side in ("worker", "web", "loop and other")]
+
+
 def report_relay(
     spent: dict[str, float],
     service_roles: list[str],
@@ -557,6 +585,7 @@ def report_relay(
     end: float,
     load1: Load,
     out1: Outcome,
+    profiles: dict[str, Path],
 ) -> None:
     """Figure 1's CPU lines: the service's CPU per relayed message, by role."""
     print(
@@ -570,6 +599,15 @@ def report_relay(
         f"{per_message(spent, service_roles, relayed)}; also {per_message(spent, others, relayed)}"
     )
     print(f"  1: {n} updates in {end - load1.started:.1f} s: {out1.line(load1)}")
+    folded = profiles.get("together")
+    if folded is not None and folded.exists() and "together" in spent:
+        shares = dict(by_side(folded))
+        placed = shares["worker"] + shares["web"] or 1.0
+        worker_ms = spent["together"] / max(1, relayed) * 1e3 * shares["worker"] / placed
+        print(f"  1: together's worker side ~ {worker_ms:.2f} ms per relayed message (its share "
+              f"of the samples placed by py-spy: worker {shares['worker'] * 100:.0f} %, web "
+              f"{shares['web'] * 100:.0f} %, the shared loop and other "
+              f"{shares['loop and other'] * 100:.0f} % divided pro rata)")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,10 @@
 """Floors of the relay's per-message costs: process CPU per call of a bare loop of each.
 
-`python -m bench.floors [N] [REDIS_URL] [POSTGRES_URL]`: an httpx2 POST, an aiohttp POST and a
-raw asyncio POST to the bench's Pipedrive stand-in, a Redis EVALSHA, an asyncpg prepared
-statement round trip, and a SQLAlchemy Core SELECT with its connection checkout (autocommit).
+`python -m bench.floors [N] [REDIS_URL] [POSTGRES_URL]`: an httpx2 POST (on anyio, as httpx2
+ships, and on service.http_transport), an aiohttp POST and a raw asyncio POST to the bench's
+Pipedrive stand-in, a Redis EVALSHA, an asyncpg prepared statement round trip, a SQLAlchemy Core
+SELECT with its connection checkout (autocommit), and a SQLite INSERT through SQLAlchemy's async
+layer against one on the loop's own thread (`Database.inline`).
 """
 
 import asyncio
@@ -28,9 +30,13 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 
-async def httpx_loop(port, n):
+async def httpx_loop(port, n, ours=False):
+    from service.http_transport import transport
+
     body = {"id": "x", "conversation_id": "c", "channel_id": "bench-channel", "message": "hello 1"}
-    async with httpx2.AsyncClient(headers={"User-Agent": "b"}) as c:
+    limits = httpx2.Limits(max_connections=100, max_keepalive_connections=100)
+    made = transport(limits) if ours else None
+    async with httpx2.AsyncClient(headers={"User-Agent": "b"}, transport=made) as c:
         for _ in range(50):
             await c.post(
                 f"http://127.0.0.1:{port}/api/v1/channels/messages/receive",
@@ -134,6 +140,40 @@ async def sa_loop(n):
     return t
 
 
+async def sqlite_loops(n):
+    """One INSERT ... RETURNING per call on a SQLite file (WAL): through SQLAlchemy's async
+    layer and aiosqlite's thread, and on a synchronous connection on the loop's own thread (what
+    `Database.inline` does)."""
+    import tempfile
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/floor.db"
+        sync = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with sync.connect() as conn:
+            conn.execute(sa.text("PRAGMA journal_mode=WAL"))
+            conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT UNIQUE)"))
+        q = sa.text("INSERT INTO t (k) VALUES (:k) ON CONFLICT DO NOTHING RETURNING id")
+        e = create_async_engine(url.replace("sqlite:", "sqlite+aiosqlite:"),
+                                isolation_level="AUTOCOMMIT")  # fmt: skip
+        c0 = cpu()
+        for i in range(n):
+            async with e.connect() as conn:
+                (await conn.execute(q, {"k": f"a{i}"})).all()
+        aio = (cpu() - c0) / n
+        await e.dispose()
+        c0 = cpu()
+        for i in range(n):
+            with sync.connect() as conn:
+                conn.execute(q, {"k": f"s{i}"}).all()
+            await asyncio.sleep(0)
+        inline = (cpu() - c0) / n
+        sync.dispose()
+    return aio, inline
+
+
 def main():
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "bench.standin", "--port", str(port)], cwd=ROOT)
@@ -142,6 +182,8 @@ def main():
         n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
         uvloop.install()
         print(f"httpx2 POST  {asyncio.run(httpx_loop(port, n)) * 1e6:.0f} us CPU/call")
+        ours = asyncio.run(httpx_loop(port, n, ours=True)) * 1e6
+        print(f"httpx2 POST on service.http_transport (asyncio streams) {ours:.0f} us CPU/call")
         try:
             print(f"aiohttp POST {asyncio.run(aio_loop(port, n)) * 1e6:.0f} us CPU/call")
         except ImportError:
@@ -150,6 +192,9 @@ def main():
         print(f"redis EVALSHA {asyncio.run(redis_loop(REDIS, n)) * 1e6:.0f} us CPU/call")
         print(f"asyncpg prepared fetch {asyncio.run(pg_loop(n)) * 1e6:.0f} us CPU/call")
         print(f"SQLAlchemy SELECT + checkout {asyncio.run(sa_loop(n)) * 1e6:.0f} us CPU/call")
+        aio, inline = asyncio.run(sqlite_loops(n))
+        print(f"SQLite INSERT, SQLAlchemy async on aiosqlite {aio * 1e6:.0f} us CPU/call")
+        print(f"SQLite INSERT, SQLAlchemy sync on the loop's thread {inline * 1e6:.0f} us CPU/call")
     finally:
         p.terminate()
 
