@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,10 @@ from sqlalchemy.exc import DatabaseError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from service.logging import get_logger
+
 T = TypeVar("T")
+log = get_logger(__name__)
 
 #: How long a cached channel or installation is trusted without asking the database. Writes in
 #: this process invalidate at once; this bounds how long another process's change goes unseen.
@@ -35,6 +39,8 @@ MAX_CACHED = 50_000
 PING_AFTER_IDLE_SECONDS = 10.0
 #: How long `Database.inline` waits for another process's SQLite write lock (as busy_timeout).
 INLINE_LOCK_WAIT = 5.0
+#: Inline writes between two WAL checkpoints (SQLite's own default is 1,000 pages).
+CHECKPOINT_EVERY = 500
 
 
 def async_url(database_url: str) -> URL:
@@ -88,9 +94,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_timeout_ms: int = 
 
 
 def _sqlite_inline_pragmas(dbapi_connection: Any, record: Any) -> None:
-    """The inline connections never wait in SQLite's busy handler: it would stop the event
-    loop. `Database.inline` waits for the lock with asyncio instead."""
+    """The inline connections never wait in SQLite's busy handler, nor run a WAL checkpoint
+    (copying pages and two fsyncs): either would stop the event loop. `Database.inline` waits
+    for the lock with asyncio, and checkpoints in a thread."""
     _sqlite_pragmas(dbapi_connection, record, busy_timeout_ms=0)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
+
+
+def _checkpoint(path: str) -> tuple[int, int, int]:
+    """A PASSIVE WAL checkpoint (it never waits for readers or writers), on a connection of its
+    own; returns SQLite's (busy, WAL pages, pages checkpointed)."""
+    conn = sqlite3.connect(path, timeout=0)
+    try:
+        busy, log_pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(log_pages), int(done)
+    finally:
+        conn.close()
 
 
 def _is_locked(error: OperationalError) -> bool:
@@ -209,6 +230,8 @@ class Database:
             _ping_when_idle(self._autocommit_engine)
         # SQLite's hot path runs on the event loop's own thread (see `inline`).
         self._inline_engine: Engine | None = None
+        self._inline_writes = 0
+        self._checkpointing: asyncio.Future[tuple[int, int, int]] | None = None
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
             self._inline_engine = create_engine(
                 self.url.set(drivername="sqlite+pysqlite"),
@@ -311,12 +334,31 @@ class Database:
             async with _writer_lock(self.url) if write else contextlib.nullcontext():
                 try:
                     with self._inline_engine.connect() as conn:
-                        return work(conn)
+                        done = work(conn)
+                    if write:
+                        self._after_inline_write()
+                    return done
                 except OperationalError as error:
                     if not _is_locked(error) or time.monotonic() > deadline:
                         raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    def _after_inline_write(self) -> None:
+        """Every CHECKPOINT_EVERY inline writes, a checkpoint in a thread (one at a time)."""
+        self._inline_writes += 1
+        if self._inline_writes < CHECKPOINT_EVERY or self._checkpointing is not None:
+            return
+        self._inline_writes = 0
+        assert self.url.database is not None
+        task = asyncio.ensure_future(asyncio.to_thread(_checkpoint, self.url.database))
+        self._checkpointing = task
+        task.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, task: asyncio.Future[tuple[int, int, int]]) -> None:
+        self._checkpointing = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("sqlite.checkpoint_failed", error=str(task.exception()))
 
     def insert_ignoring_duplicates(self, table: Any) -> Any:
         """`INSERT ... ON CONFLICT DO NOTHING` in this backend's dialect (both support

@@ -4,6 +4,7 @@ PostgreSQL connection the server dropped (they skip SQLAlchemy's per-use pre-pin
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -179,3 +180,30 @@ async def test_on_sqlite_a_write_waits_for_another_process_without_stopping_the_
     finally:
         other.close()
         await db.dispose()
+
+
+async def _wal_size_after_writes(path: Path, every: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY", every)
+    db = Database(f"sqlite:///{path}")
+    try:
+        await upgrade(db)
+        for n in range(300):
+            await _record(db, f"u{n}")
+            for _ in range(200):  # bounded: let a checkpoint in its thread finish
+                if db._checkpointing is None:
+                    break
+                await asyncio.sleep(0.005)
+        return await asyncio.to_thread(os.path.getsize, f"{path}-wal")
+    finally:
+        await db.dispose()
+
+
+async def test_on_sqlite_checkpoints_keep_the_wal_small_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline connections never checkpoint (it would block the event loop on the copy and
+    its fsyncs); the database checkpoints in a thread every so many writes instead, so the
+    write-ahead log is reused rather than growing with every webhook."""
+    without = await _wal_size_after_writes(tmp_path / "never.db", 10**9, monkeypatch)
+    checkpointed = await _wal_size_after_writes(tmp_path / "often.db", 25, monkeypatch)
+    assert checkpointed * 4 < without, (checkpointed, without)
