@@ -158,6 +158,11 @@ async def sqlite_loops(n):
         q = sa.text("INSERT INTO t (k) VALUES (:k) ON CONFLICT DO NOTHING RETURNING id")
         e = create_async_engine(url.replace("sqlite:", "sqlite+aiosqlite:"),
                                 isolation_level="AUTOCOMMIT")  # fmt: skip
+        for i in range(50):  # warm-up: the pool, the statement cache
+            async with e.connect() as conn:
+                (await conn.execute(q, {"k": f"w{i}"})).all()
+            with sync.connect() as conn:
+                conn.execute(q, {"k": f"v{i}"}).all()
         c0 = cpu()
         for i in range(n):
             async with e.connect() as conn:

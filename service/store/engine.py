@@ -320,11 +320,12 @@ class Database:
         through the async layer (`autocommit` or `read`).
 
         Through aiosqlite every statement crosses to its thread and back, and with SQLAlchemy's
-        async layer costs 0.8-1 ms of CPU; here about 0.07 ms, while SQLite itself takes tens of
-        microseconds (WAL, no fsync per commit). Writers take the process's writer lock first,
-        so they never meet another writer of this process; a writer of another process (a CLI
-        command) makes SQLite answer "locked" at once, and the wait happens here, in asyncio,
-        for up to `INLINE_LOCK_WAIT` seconds before the (transient) OperationalError."""
+        async layer an INSERT that commits cost 0.8 ms of CPU; here about 0.2 ms, most of it
+        SQLite's own commit (WAL, no fsync per commit; `python -m bench.floors`). Writers take
+        the process's writer lock first, so they never meet another writer of this process; a
+        writer of another process (a CLI command) makes SQLite answer "locked" at once, and the
+        wait happens here, in asyncio, for up to `INLINE_LOCK_WAIT` seconds before the
+        (transient) OperationalError."""
         if self._inline_engine is None:  # PostgreSQL, or SQLite in memory: the async layer
             async with self.autocommit() if write else self.read() as conn:
                 return await conn.run_sync(work)
