@@ -122,8 +122,8 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
 def transport(
     limits: httpx2.Limits, *, verify: ssl.SSLContext | bool = True
 ) -> httpx2.AsyncHTTPTransport:
-    """httpx2's transport with its pool on `AsyncioBackend`. Proxies named by the environment
-    are still honoured: the client mounts httpx2's own proxy transports for them."""
+    """httpx2's transport with its pool on `AsyncioBackend`. A client given it ignores the
+    environment's proxies (httpx2's rule), so `http_client` uses it only when none is named."""
     made = httpx2.AsyncHTTPTransport(verify=verify, limits=limits)
     pool = made._pool  # httpx2 built the pool; only its network backend differs
     if type(pool) is not httpcore2.AsyncConnectionPool:

@@ -161,3 +161,25 @@ async def test_nobody_listening_is_a_connect_error() -> None:
     async with httpx2.AsyncClient(transport=transport(LIMITS)) as client:
         with pytest.raises(httpx2.ConnectError):
             await client.get(f"http://127.0.0.1:{port}/x")
+
+
+async def test_a_proxy_named_by_the_environment_is_still_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator behind an egress proxy sets HTTP(S)_PROXY: the service's client sends
+    through it (httpx2 would ignore it for a client given its own transport)."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+
+    async with serving(proxy) as server:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{server.port}")
+        async with http_client(5.0) as client:
+            response = await client.get("http://pipedrive.invalid/api/v1/users/me")
+    assert response.status_code == 200
+    assert seen == [b"GET http://pipedrive.invalid/api/v1/users/me HTTP/1.1"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,12 +58,14 @@ LOGGED_HEADERS = (
 
 def http_client(timeout: float = 30.0) -> httpx2.AsyncClient:
     """The process's one outbound HTTP client, with explicit limits and timeouts, on asyncio's
-    streams (service.http_transport)."""
+    streams (service.http_transport). When the environment names a proxy (HTTPS_PROXY and the
+    like) it is httpx2's own transport, which honours it: httpx2 ignores the environment's
+    proxies for a client given its own transport."""
     limits = httpx2.Limits(max_connections=100, max_keepalive_connections=100)
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(timeout, connect=min(5.0, timeout), pool=10.0),
         limits=limits,
-        transport=transport(limits),
+        transport=None if urllib.request.getproxies() else transport(limits),
         headers={"User-Agent": f"pdbridge/{__version__}"},
         follow_redirects=False,
     )
