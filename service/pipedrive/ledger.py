@@ -234,6 +234,7 @@ class Ledger:
         self._pending: dict[tuple[date, int], _Pending] = {}
         self._families: dict[str, list[int]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._flushing: set[asyncio.Task[None]] = set()
 
     def today(self) -> date:
@@ -272,8 +273,10 @@ class Ledger:
         counts = self._families.setdefault(family(path), [0, 0])
         counts[0] += tokens
         counts[1] += 1
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_soon)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer_loop is not loop:  # (a closed loop's never fires)
+            self._timer = loop.call_later(FLUSH_SECONDS, self._flush_soon)
+            self._timer_loop = loop
 
     def _flush_soon(self) -> None:
         self._timer = None

@@ -133,7 +133,7 @@ class RateLimiter:
         self._complete = redis.register_script(_COMPLETE)
         #: Answered sends not stamped yet, by limiter key: (ticket, monotonic answer time, limit).
         self._answered: dict[str, list[tuple[str, float, str]]] = {}
-        self._stampers: dict[str, asyncio.TimerHandle] = {}
+        self._stampers: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle]] = {}
         self._stamping: set[asyncio.Task[None]] = set()
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]
         self._turns = weakref.WeakKeyDictionary()
@@ -197,9 +197,11 @@ class RateLimiter:
             block_ms = int((reset_seconds(headers) or WINDOW_MS / 1000) * 1000) + 1
             await self.stamp(key, block_ms)
             log.info("ratelimit.blocked", limiter=key, seconds=block_ms / 1000)
-        elif key not in self._stampers:
+        else:
             loop = asyncio.get_running_loop()
-            self._stampers[key] = loop.call_later(STAMP_WITHIN_MS / 1000, self._stamp_soon, key)
+            if self._stampers.get(key, (None,))[0] is not loop:  # (a closed loop's never fires)
+                timer = loop.call_later(STAMP_WITHIN_MS / 1000, self._stamp_soon, key)
+                self._stampers[key] = (loop, timer)
 
     async def stamp(self, key: str, block_ms: int | None = None) -> None:
         """Stamp the answered sends of `key` now (and close the window for `block_ms`)."""
@@ -215,9 +217,9 @@ class RateLimiter:
             raise
 
     def _take_answered(self, key: str) -> list[tuple[str, float, str]]:
-        timer = self._stampers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        stamper = self._stampers.pop(key, None)
+        if stamper is not None:
+            stamper[1].cancel()
         return self._answered.pop(key, [])
 
     def _stamp_soon(self, key: str) -> None:

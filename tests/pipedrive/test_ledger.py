@@ -335,3 +335,31 @@ def test_costs_families_and_plan_figures() -> None:
     assert plan_minimum("api_token", 20) == 30_000
     assert plan_minimum("oauth", 10) is None  # the search API's own limit says nothing
     assert plan_minimum("oauth", None) is None
+
+
+def test_counts_go_out_on_their_own_in_a_later_event_loop(redis_url: str) -> None:
+    """The write-behind timer belongs to an event loop: a ledger that outlived the loop it
+    first counted in (a closed loop's timer never fires) still writes without being read."""
+    ledger = Ledger(aioredis.Redis.from_url(redis_url))
+    key = f"pdbridge:ledger:{ledger.today().isoformat()}:11"
+
+    async def count() -> None:
+        await ledger.record(company_id=11, auth_kind="oauth", path="/notes", cost=10,
+                            status=201, headers={})  # fmt: skip
+
+    async def written_on_its_own() -> bytes | None:
+        client = aioredis.Redis.from_url(redis_url)  # a client for the new loop
+        ledger.redis = client
+        try:
+            await count()
+            for _ in range(500):  # bounded polling (10 s), never calling flush
+                calls: bytes | None = await client.hget(key, "calls")
+                if calls is not None:
+                    return calls
+                await asyncio.sleep(0.02)
+            return None
+        finally:
+            await client.aclose()
+
+    asyncio.run(count())  # its timer dies with this loop, the count stays pending
+    assert asyncio.run(written_on_its_own()) == b"2"
