@@ -5,11 +5,12 @@ pending deliveries oldest first, in batches. For a batch it:
 
 1. parses each delivery into events (a delivery that can never be read is set aside as a
    replayable dead letter instead of blocking the chat);
-2. stores the conversation, its participants and the new messages in one transaction (Pipedrive
-   may call getConversationById as soon as `receive` names it);
+2. stores the conversation, its participants and the new messages before telling anyone
+   (Pipedrive may call getConversationById as soon as `receive` names it): a few statements,
+   each idempotent and committed on its own, so a crash between them is repaired by the retry;
 3. re-hosts media, then calls `receive` for each message in order (an upsert keyed by our id, so
    telling Pipedrive twice after a crash is harmless) and applies provider statuses;
-4. marks the deliveries done and the messages told, in one transaction.
+4. marks the deliveries done and the messages told (two statements; either order is safe).
 
 A transient failure (Pipedrive down, a 429 storm) raises: the job retries later from the same
 delivery, and nothing behind it overtakes it. A message that reached Pipedrive once is never sent
@@ -40,7 +41,7 @@ from service.store import (
 
 log = get_logger(__name__)
 
-#: Deliveries read and relayed per batch (one transaction before and one after).
+#: Deliveries read and relayed per batch (one round of writes before the calls, one after).
 BATCH = 100
 #: A drain hands the rest of a long backlog to a fresh job after this long, so one busy chat
 #: cannot hold a worker slot past the job timeout, and others get their turn.
@@ -107,7 +108,7 @@ async def relay_conversation(svc: Services, channel: Channel, conversation_key: 
 async def _relay_batch(
     svc: Services, channel: Channel, conversation_key: str, rows: list[dict[str, Any]]
 ) -> int:
-    """Store the batch's messages in one transaction, then relay its deliveries in order."""
+    """Store the batch's messages, then relay its deliveries in order."""
     adapter = svc.adapter(channel.provider)
     parsed: list[tuple[dict[str, Any], list[Event]]] = []
     for row in rows:
