@@ -238,6 +238,8 @@ class Database:
                 isolation_level="AUTOCOMMIT",
                 pool_size=2,
                 max_overflow=2,
+                # sqlite3's own 5 s busy wait would apply to the pragmas run on connect.
+                connect_args={"timeout": 0},
             )
             event.listen(self._inline_engine, "connect", _sqlite_inline_pragmas)
 
