@@ -45,6 +45,7 @@ async def startup(ctx: queue.JobContext) -> None:
         queue=queue.Queue(ctx["redis"]),
         owns_queue=False,
     )
+    services.follow_invalidations()
     ctx["services"] = services
     ctx["db"] = services.db
     log.info("worker.started", functions=[f.name for f in FUNCTIONS])

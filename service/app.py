@@ -60,6 +60,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         app.state.services = (
             await Services.start(settings, metrics=metrics) if services is None else services
         )
+        if owned:
+            app.state.services.follow_invalidations()
         app.state.schema_at_head = False
         app.state.media_store = app.state.services.media
         if settings.single_company:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import httpx2
@@ -37,6 +39,7 @@ class Services:
     coordination: Coordination
     metrics: Metrics = field(default_factory=Metrics)
     owns_queue: bool = True
+    following: asyncio.Task[None] | None = None
 
     def adapter(self, provider: str) -> ProviderAdapter:
         """The provider's adapter (raises UnknownProvider)."""
@@ -82,7 +85,18 @@ class Services:
             settings, db=Database(settings.database_url), queue=queue, metrics=metrics
         )
 
+    def follow_invalidations(self) -> None:
+        """Keep this process's cached channels and installations in step with the other
+        processes: announce our changes, and drop our copies when another process announces
+        one (the web and the worker call this at start)."""
+        self.db.on_invalidate = self.coordination.announce_invalidation
+        self.following = asyncio.ensure_future(self.coordination.follow_invalidations(self.db))
+
     async def close(self) -> None:
+        if self.following is not None:
+            self.following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.following
         await self.pipedrive.ledger.close()
         await self.pipedrive.limiter.close()
         await self.http.aclose()

@@ -6,16 +6,21 @@ it: nothing here is the only record of a message (that is the database's job).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service import redis_keys
+from service.logging import get_logger
+from service.store import Database
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
 #: How long a provider status for a message we do not know yet is kept for its sender to find.
 EARLY_STATUS_SECONDS = 600
@@ -33,6 +38,50 @@ class Coordination:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._announcing: set[asyncio.Task[Any]] = set()
+
+    # --- cache invalidation across processes ---------------------------------------------------
+
+    def announce_invalidation(self, kind: str) -> None:
+        """Tell every process that rows of `kind` changed (`Database.on_invalidate`). Sent in
+        the background; lost if Redis is away, and then each process's cache still forgets the
+        row within its CACHE_SECONDS."""
+        task = asyncio.ensure_future(self._publish(kind))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _publish(self, kind: str) -> None:
+        try:
+            await _done(self.redis.publish(redis_keys.CACHE_INVALIDATED, kind))
+        except (RedisError, OSError) as error:
+            log.warning("cache.invalidation_not_sent", kind=kind, error=type(error).__name__)
+
+    async def follow_invalidations(self, db: Database) -> None:
+        """Drop this process's cached rows whenever any process announces a change (runs until
+        cancelled; resubscribes after a Redis outage, the caches' own expiry covering the gap)."""
+        lost = False
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(redis_keys.CACHE_INVALIDATED)
+                    if lost:
+                        db.invalidate_here("channel")  # what was announced meanwhile
+                        db.invalidate_here("installation")
+                        log.info("cache.invalidations_followed_again")
+                        lost = False
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            kind = message["data"]
+                            db.invalidate_here(kind.decode() if isinstance(kind, bytes) else kind)
+            except (RedisError, OSError) as error:
+                if not lost:
+                    log.warning(
+                        "cache.invalidations_lost",
+                        error=type(error).__name__,
+                        action="retrying every second; cached rows expire on their own meanwhile",
+                    )
+                lost = True
+                await asyncio.sleep(1.0)
 
     async def keep_early_status(
         self, channel_id: int, provider_message_id: str, status: str, error: str | None

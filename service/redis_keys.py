@@ -52,3 +52,6 @@ OAUTH_EXCHANGES = "pdbridge:oauth-exchanges:"
 CONSOLE_SESSION = "pdbridge:console-session:"
 #: Per client IP: failed console logins in the current minute (a counter that expires).
 CONSOLE_LOGIN_FAILURES = "pdbridge:console-login-failures:"
+#: Pub/sub channel: a process that changed a cached kind of row ("channel", "installation")
+#: names it here, and every process drops its copies at once (service.coordination).
+CACHE_INVALIDATED = "pdbridge:cache-invalidated"

@@ -199,6 +199,8 @@ class Database:
     def __init__(self, database_url: str, *, pool_size: int = 10) -> None:
         self.url = async_url(database_url)
         self.cache = LocalCache()
+        #: Called with the kind after `invalidate`, to reach the other processes.
+        self.on_invalidate: Callable[[str], None] | None = None
         _OPEN.add(self)
         kwargs: dict[str, Any] = {}
         if self.is_sqlite and self.url.database in (None, "", ":memory:"):
@@ -370,7 +372,14 @@ class Database:
         return insert_ignoring(self.is_sqlite, table)
 
     def invalidate(self, kind: str) -> None:
-        """A row of `kind` changed: drop cached copies in every Database of this process."""
+        """A row of `kind` changed: drop cached copies in every Database of this process, and
+        tell the other processes (`on_invalidate`, set by service.coordination)."""
+        self.invalidate_here(kind)
+        if self.on_invalidate is not None:
+            self.on_invalidate(kind)
+
+    def invalidate_here(self, kind: str) -> None:
+        """Drop cached copies of `kind` in every Database of this process."""
         for db in list(_OPEN):
             if db.url == self.url:
                 db.cache.invalidate(kind)
