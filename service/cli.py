@@ -1,10 +1,12 @@
 """The `pdbridge` command: run, web, worker, migrate and the operators' shell tools.
 
 `run` is a small supervisor: it migrates, starts an embedded Redis when `REDIS_URL` is unset, and
-runs the service as child processes. On SQLite it runs one child, `together` (the web app and a
-worker in one process and one event loop, so SQLite has a single writer and no process waits on
-another's write lock); on PostgreSQL it runs `web` and `worker`. A child that exits unexpectedly
-is restarted with backoff; SIGINT/SIGTERM, or a child that keeps failing, stops them all.
+runs the service as child processes, `web` and `worker`, on SQLite as on PostgreSQL: the hot
+path's SQLite writes are short and wait for another process's lock in asyncio
+(`Database.inline`), so two processes no longer take turns at SQLite's busy handler, and the
+relay gets the second core (`together`, both in one process, is kept as a command; the bench
+compares them in bench/RESULTS.md). A child that exits unexpectedly is restarted with backoff;
+SIGINT/SIGTERM, or a child that keeps failing, stops them all.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_together(settings: Settings, args: argparse.Namespace) -> int:
-    """The web app and one worker in one process and one event loop (`run` on SQLite)."""
+    """The web app and one worker in one process and one event loop (one core's worth: `run`
+    starts `web` and `worker` instead; see the module docstring)."""
     import uvicorn
 
     from jobs.worker import build_worker
@@ -205,7 +208,6 @@ def _event_loop_run(main: Any) -> None:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.embedded_redis import EmbeddedRedis
     from service.media_stores import with_role_default
-    from service.store.engine import async_url
 
     keys = settings.secret_keys if settings.secret_key is not None else [ensure_secret_key_file()]
     settings = with_role_default(settings, "run")  # its children share ./var/media
@@ -223,8 +225,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    sqlite = async_url(settings.database_url).drivername.startswith("sqlite")
-    roles = ("together",) if sqlite else ("web", "worker")
+    roles = ("web", "worker")
     supervisor = _Supervisor(roles, env)
     exit_code = 0
     try:
@@ -447,7 +448,7 @@ def parser() -> argparse.ArgumentParser:
         "run": (cmd_run, "migrate, then run web + one worker (+ embedded Redis if needed)"),
         "web": (cmd_web, "the HTTP service only"),
         "worker": (cmd_worker, "one queue worker only"),
-        "together": (cmd_together, "web and one worker in one process (`run` uses it on SQLite)"),
+        "together": (cmd_together, "web and one worker in one process and one event loop"),
         "migrate": (cmd_migrate, "apply database migrations and exit"),
         "manifest": (cmd_manifest, "print the Messaging manifest JSON for PUBLIC_BASE_URL"),
         "sandbox": (cmd_sandbox, "run with a local Pipedrive and Telegram; prints the inbox URL"),

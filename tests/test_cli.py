@@ -53,8 +53,8 @@ def wait_ready(
 def test_run_starts_everything_and_stops_cleanly(
     tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
-    """`pdbridge run` with no configuration serves /readyz from one process that also runs the
-    worker (SQLite has a single writer); a signal leaves no process behind."""
+    """`pdbridge run` with no configuration (SQLite, an embedded Redis) serves /readyz from a
+    web process beside a worker process; a signal leaves no process behind."""
     port = free_port()
     process = subprocess.Popen(
         [*PDBRIDGE, "run"],
@@ -68,8 +68,9 @@ def test_run_starts_everything_and_stops_cleanly(
         assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
         children = psutil.Process(process.pid).children(recursive=True)
         commands = [" ".join(c.cmdline()) for c in children]
-        assert any("service together" in c for c in commands)
-        assert not any("service web" in c or "service worker" in c for c in commands)
+        assert any(c.endswith("service web") for c in commands), commands
+        assert any(c.endswith("service worker") for c in commands), commands
+        assert not any("service together" in c for c in commands)
         assert any("redis-server" in c for c in commands)
         assert (tmp_path / "var" / "pdbridge.db").exists()
         assert (tmp_path / "var" / "secret.key").exists()
@@ -110,7 +111,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -
 @pytest.mark.parametrize(
     ("database", "roles"),
     [
-        ("sqlite", {"together"}),
+        ("sqlite", {"web", "worker"}),
         pytest.param("postgresql", {"web", "worker"}, marks=pytest.mark.postgres),
     ],
 )
@@ -118,8 +119,8 @@ def test_run_restarts_a_child_that_dies(
     request: pytest.FixtureRequest, tmp_path: Path, database: str, roles: set[str]
 ) -> None:
     """A child of `pdbridge run` that is killed is started again and /readyz answers again;
-    `run` itself keeps going, and still stops cleanly on SIGTERM. On PostgreSQL the web and the
-    worker are separate processes."""
+    `run` itself keeps going, and still stops cleanly on SIGTERM. The web and the worker are
+    separate processes on both databases."""
     port = free_port()
     values = {"PORT": str(port)}
     if database == "postgresql":
@@ -135,7 +136,7 @@ def test_run_restarts_a_child_that_dies(
         wait_ready(port, process)
         before = _children_by_role(process)
         assert set(before) == roles
-        victim = sorted(roles)[-1]  # the worker, or the one process that is both
+        victim = sorted(roles)[-1]  # the worker
         psutil.Process(before[victim]).kill()
         _wait_for(
             lambda: _children_by_role(process).get(victim) not in (None, before[victim]),
