@@ -28,7 +28,8 @@ T = TypeVar("T")
 log = get_logger(__name__)
 
 #: How long a cached channel or installation is trusted without asking the database. Writes in
-#: this process invalidate at once; this bounds how long another process's change goes unseen.
+#: any process invalidate every process's copy at once (service.coordination, through Redis);
+#: this bounds how long a change goes unseen when that announcement is lost (Redis away).
 CACHE_SECONDS = 2.0
 #: A cache that grows past this many entries starts again empty (a bound, not an LRU).
 MAX_CACHED = 50_000
