@@ -65,8 +65,7 @@ class Coordination:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(redis_keys.CACHE_INVALIDATED)
                     if lost:
-                        db.invalidate_here("channel")  # what was announced meanwhile
-                        db.invalidate_here("installation")
+                        db.invalidate_here(None)  # whatever was announced meanwhile
                         log.info("cache.invalidations_followed_again")
                         lost = False
                     async for message in pubsub.listen():

@@ -379,8 +379,9 @@ class Database:
         if self.on_invalidate is not None:
             self.on_invalidate(kind)
 
-    def invalidate_here(self, kind: str) -> None:
-        """Drop cached copies of `kind` in every Database of this process."""
+    def invalidate_here(self, kind: str | None) -> None:
+        """Drop cached copies of `kind` (of everything when None) in every Database of this
+        process."""
         for db in list(_OPEN):
             if db.url == self.url:
                 db.cache.invalidate(kind)
